@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set up first.
+# One cargo profile (release) serves run, test and bench, so polars and tch build once.
+
+export LIBTORCH_USE_PYTORCH := 1
+# tch 0.24 pins an older libtorch; 2.11's C++ API is what it needs (see README, troubleshooting).
+export LIBTORCH_BYPASS_VERSION_CHECK := 1
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+CARGO := cargo
+PIPE := target/release/pipe
+
+.PHONY: setup build run test bench clean-store
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+run: build
+	$(PIPE) run
+
+test: setup
+	$(CARGO) test --release --locked
+
+bench: build
+	scripts/bench.sh

@@ -1,0 +1,324 @@
+//! The `pipe` command line: argument parsing, then thin calls into the engine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::dag::Dag;
+use crate::engine::lockfile::LockFile;
+use crate::engine::runner::{RunOptions, Runner, StageFailed, StageState};
+use crate::engine::spec::{self, KindRegistry, Override, Pipeline};
+use crate::engine::store::{disk_usage, Store};
+use crate::engine::workspace::{Workspace, WorkspaceBusy};
+
+/// Exit codes, distinct per failure class.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    /// Bad command line or invalid pipeline file (clap also uses 2).
+    pub const INVALID: u8 = 2;
+    pub const STAGE_FAILED: u8 = 3;
+    pub const BUSY: u8 = 4;
+    pub const DAMAGED: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "pipe",
+    version,
+    about = "Reproducible image-captioning pipelines: content-hashed stages from YAML to BLEU",
+    after_help = "Exit codes: 0 ok, 1 error, 2 invalid usage or pipeline, 3 a stage failed, \
+                  4 workspace busy (--no-wait), 5 damaged artifacts found by verify."
+)]
+pub struct Cli {
+    /// Project root (default: the current directory).
+    #[arg(short = 'C', long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Pipeline file, relative to the root.
+    #[arg(short = 'f', long = "file", global = true, default_value = "pipeline.yaml", value_name = "FILE")]
+    file: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the named stages and what they depend on (default: all); fresh stages are skipped.
+    Run(RunArgs),
+    /// List stale stages and why they are stale.
+    Status(StatusArgs),
+    /// Print the stage graph.
+    Dag {
+        /// Graphviz output.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Remove store artifacts that the lock file does not reference.
+    Gc {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rehash every artifact in the store and report damaged ones.
+    Verify {
+        /// Delete damaged artifacts, so that `pipe run` recomputes them.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Show metrics (outputs named metrics.json) of the current run, or compare with a git revision.
+    Metrics {
+        /// Compare with the lock file at this git revision (e.g. HEAD~1).
+        #[arg(long, value_name = "REV")]
+        diff: Option<String>,
+    },
+    /// Print the content hash of files or directories, as the engine computes it (no stat cache).
+    Hash {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Caption a few images with the model of the pipeline's `train` stage.
+    Caption(crate::stages::caption_cli::CaptionArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Stages to run (with their upstream stages). Default: all.
+    stages: Vec<String>,
+    /// Override a param: STAGE.KEY=VALUE or params.KEY=VALUE (repeatable).
+    #[arg(short = 'S', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Rerun the selected stages even if fresh.
+    #[arg(long)]
+    force: bool,
+    /// Show what would run, and why, without running it.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+    /// Independent stages to run at once.
+    #[arg(long, short = 'j', default_value_t = 1)]
+    jobs: usize,
+    /// Fail at once if another pipe holds the workspace, instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Stages to check (with their upstream stages). Default: all.
+    stages: Vec<String>,
+    /// Override a param, as for `run`.
+    #[arg(short = 'S', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+}
+
+/// Parses arguments, runs the command, and maps errors to exit codes.
+pub fn main(registry: KindRegistry) -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli, &registry) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<StageFailed>().is_some() {
+        exit::STAGE_FAILED
+    } else if err.downcast_ref::<WorkspaceBusy>().is_some() {
+        exit::BUSY
+    } else if err.downcast_ref::<InvalidPipeline>().is_some() {
+        exit::INVALID
+    } else {
+        exit::ERROR
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct InvalidPipeline(anyhow::Error);
+
+fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
+    let root = match &cli.root {
+        Some(root) => root.clone(),
+        None => std::env::current_dir()?,
+    };
+    let root = root.canonicalize().with_context(|| format!("project root {}", root.display()))?;
+    let workspace = Workspace::new(root, cli.file.clone());
+    let load = |overrides: &[Override]| -> Result<Pipeline> {
+        spec::load(&workspace.root, &workspace.pipeline_file, registry, overrides).map_err(|e| InvalidPipeline(e).into())
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let pipeline = load(&args.set)?;
+            let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait)?) };
+            let started = std::time::Instant::now();
+            let options =
+                RunOptions { targets: args.stages, force: args.force, dry_run: args.dry_run, jobs: args.jobs };
+            let outcomes = Runner::new(&workspace, &pipeline)?.run(&options)?;
+            if !args.dry_run {
+                let ran = outcomes.iter().filter(|o| o.ran).count();
+                eprintln!(
+                    "{} stages: {ran} ran, {} cached, in {:.2}s. Outputs: {}",
+                    outcomes.len(),
+                    outcomes.len() - ran,
+                    started.elapsed().as_secs_f64(),
+                    display_relative(&workspace.views_dir(), &workspace.root)
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Status(args) => {
+            let pipeline = load(&args.set)?;
+            status(&workspace, &pipeline, &args.stages)
+        }
+        Command::Dag { dot } => {
+            let pipeline = load(&[])?;
+            print_dag(&pipeline, dot)
+        }
+        Command::Gc { dry_run } => {
+            let _lock = workspace.lock(true)?;
+            gc(&workspace, dry_run)
+        }
+        Command::Verify { remove } => {
+            let _lock = workspace.lock(true)?;
+            verify(&workspace, remove)
+        }
+        Command::Hash { paths } => hash(&paths),
+        Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref()),
+        Command::Caption(args) => {
+            let pipeline = load(&[])?;
+            crate::stages::caption_cli::run(&workspace, &pipeline, &args)
+        }
+    }
+}
+
+fn hash(paths: &[PathBuf]) -> Result<u8> {
+    for path in paths {
+        let started = std::time::Instant::now();
+        let digest = crate::engine::hashing::hash_uncached(path)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let bytes = disk_usage(path);
+        println!(
+            "{digest}  {}  ({:.1} MB in {seconds:.3}s, {:.2} GB/s)",
+            path.display(),
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e9 / seconds.max(1e-9)
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn display_relative(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}
+
+fn status(workspace: &Workspace, pipeline: &Pipeline, targets: &[String]) -> Result<u8> {
+    let states = Runner::new(workspace, pipeline)?.status(targets)?;
+    let mut stale = 0;
+    for (name, state) in states {
+        match state {
+            StageState::Fresh { restored_from_cache: false, .. } => println!("{name}: up to date"),
+            StageState::Fresh { restored_from_cache: true, .. } => {
+                println!("{name}: up to date (in the run-cache; `pipe run` restores it)")
+            }
+            StageState::Stale { reasons } => {
+                stale += 1;
+                let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                println!("{name}: {}", why.join("; "));
+            }
+        }
+    }
+    if stale == 0 {
+        println!("Everything is up to date.");
+    }
+    Ok(exit::OK)
+}
+
+fn print_dag(pipeline: &Pipeline, dot: bool) -> Result<u8> {
+    let dag = Dag::new(pipeline)?;
+    if dot {
+        print!("{}", dag.to_dot());
+        return Ok(exit::OK);
+    }
+    for name in &dag.order {
+        let stage = pipeline.stage(name).expect("dag names pipeline stages");
+        let deps: Vec<String> = stage.deps.iter().map(|dep| format!("{}={}", dep.name, dep.source)).collect();
+        if deps.is_empty() {
+            println!("{name} ({})", stage.kind.name());
+        } else {
+            println!("{name} ({}) <- {}", stage.kind.name(), deps.join(", "));
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn gc(workspace: &Workspace, dry_run: bool) -> Result<u8> {
+    let store = Store::new(workspace.store_dir());
+    let referenced = referenced_fingerprints(workspace)?;
+    let mut freed = 0;
+    let mut removed = 0;
+    for fingerprint in store.list()? {
+        if referenced.contains(&fingerprint) {
+            continue;
+        }
+        freed += disk_usage(&store.artifact_dir(&fingerprint));
+        removed += 1;
+        if dry_run {
+            println!("would remove {fingerprint}");
+        } else {
+            store.remove(&fingerprint)?;
+        }
+    }
+    let interrupted = if dry_run { 0 } else { store.clear_tmp()? };
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!(
+        "{removed} unreferenced artifacts, {verb} {:.1} MB; {interrupted} interrupted writes removed",
+        freed as f64 / 1e6
+    );
+    Ok(exit::OK)
+}
+
+/// Fingerprints named by any lock file in the project root or `pipelines/`.
+fn referenced_fingerprints(workspace: &Workspace) -> Result<std::collections::HashSet<String>> {
+    let mut lock_files = vec![workspace.root.join("pipe.lock"), workspace.lock_file_path()];
+    for dir in [workspace.root.clone(), workspace.root.join("pipelines")] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            lock_files.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
+                p.extension().is_some_and(|ext| ext == "lock")
+            }));
+        }
+    }
+    let mut referenced = std::collections::HashSet::new();
+    for path in lock_files {
+        let lock = LockFile::load(&path)?;
+        referenced.extend(lock.stages.into_values().map(|stage| stage.fingerprint));
+    }
+    Ok(referenced)
+}
+
+fn verify(workspace: &Workspace, remove: bool) -> Result<u8> {
+    let store = Store::new(workspace.store_dir());
+    let fingerprints = store.list()?;
+    let mut damaged = 0;
+    for fingerprint in &fingerprints {
+        let problems = store.verify(fingerprint);
+        if !problems.is_empty() {
+            damaged += 1;
+            println!("DAMAGED {fingerprint}: {}", problems.join("; "));
+            if remove {
+                store.remove(fingerprint)?;
+            }
+        }
+    }
+    println!("{} artifacts checked, {damaged} damaged", fingerprints.len());
+    if damaged > 0 && remove {
+        println!("Removed them; `pipe run` recomputes them.");
+    } else if damaged > 0 {
+        println!("Run `pipe verify --remove` to delete them; `pipe run` then recomputes them.");
+        return Ok(exit::DAMAGED);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,209 @@
+//! Content hashing of workspace files and directories, with a stat cache.
+//!
+//! A file's hash is blake3 over its bytes. A directory's hash is blake3 over the sorted
+//! list of `(relative path, file hash)` pairs, so renaming a file inside it changes the
+//! hash but touching it does not. The stat cache remembers `(size, mtime, inode)` per
+//! relative path, as DVC's state DB and cargo's mtime checks do: when all three match,
+//! the stored hash is reused without reading the file. The cache only ever saves work;
+//! it is never the source of truth for anything but "this file was not rewritten".
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Files above this size are hashed with blake3's multi-threaded mmap path.
+const LARGE_FILE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StatEntry {
+    size: u64,
+    mtime_ns: i128,
+    inode: u64,
+    hash: String,
+}
+
+impl StatEntry {
+    fn matches(&self, meta: &fs::Metadata) -> bool {
+        self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.inode == meta.ino()
+    }
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+/// Maps workspace-relative paths to their last known stat and content hash.
+#[derive(Default)]
+pub struct StatCache {
+    entries: Mutex<BTreeMap<String, StatEntry>>,
+    dirty: Mutex<bool>,
+    path: Option<PathBuf>,
+}
+
+impl StatCache {
+    /// Loads the cache; a missing or unreadable cache file is an empty cache.
+    pub fn load(path: &Path) -> Self {
+        let entries = fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        Self { entries: Mutex::new(entries), dirty: Mutex::new(false), path: Some(path.to_path_buf()) }
+    }
+
+    /// A cache that remembers nothing across runs (for tests and benchmarks).
+    pub fn in_memory() -> Self {
+        Self::default()
+    }
+
+    /// Writes the cache back if anything changed (temp file, then rename).
+    pub fn save(&self) -> Result<()> {
+        let (Some(path), true) = (&self.path, *self.dirty.lock().unwrap()) else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(&*self.entries.lock().unwrap())?;
+        crate::engine::fsutil::write_atomic(path, &bytes)
+    }
+
+    /// Hashes a workspace path (file or directory). `root` is the workspace root and
+    /// `rel` the path relative to it, which is the cache key.
+    pub fn hash_path(&self, root: &Path, rel: &Path) -> Result<String> {
+        let full = root.join(rel);
+        let meta = fs::metadata(&full).with_context(|| format!("reading {}", rel.display()))?;
+        if meta.is_dir() {
+            self.hash_dir(root, rel)
+        } else {
+            self.hash_file(&full, &rel.to_string_lossy(), &meta)
+        }
+    }
+
+    fn hash_file(&self, full: &Path, key: &str, meta: &fs::Metadata) -> Result<String> {
+        if let Some(entry) = self.entries.lock().unwrap().get(key) {
+            if entry.matches(meta) {
+                return Ok(entry.hash.clone());
+            }
+        }
+        let hash = hash_file(full)?;
+        let entry =
+            StatEntry { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), hash: hash.clone() };
+        self.entries.lock().unwrap().insert(key.to_string(), entry);
+        *self.dirty.lock().unwrap() = true;
+        Ok(hash)
+    }
+
+    fn hash_dir(&self, root: &Path, rel: &Path) -> Result<String> {
+        let dir = root.join(rel);
+        let files = list_files(&dir)?;
+        let hashes: Vec<(String, String)> = files
+            .par_iter()
+            .map(|inner| {
+                let full = dir.join(inner);
+                let meta = fs::metadata(&full).with_context(|| format!("reading {}", full.display()))?;
+                let key = rel.join(inner).to_string_lossy().into_owned();
+                Ok((inner.to_string_lossy().into_owned(), self.hash_file(&full, &key, &meta)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(combine_tree(&hashes))
+    }
+}
+
+/// Hashes any path without a cache: used for immutable store artifacts.
+pub fn hash_uncached(path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_dir() {
+        return hash_file(path);
+    }
+    let files = list_files(path)?;
+    let hashes: Vec<(String, String)> = files
+        .par_iter()
+        .map(|inner| Ok((inner.to_string_lossy().into_owned(), hash_file(&path.join(inner))?)))
+        .collect::<Result<_>>()?;
+    Ok(combine_tree(&hashes))
+}
+
+/// blake3 of a file's bytes, as hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let len = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
+    if len >= LARGE_FILE {
+        hasher.update_mmap_rayon(path).with_context(|| format!("hashing {}", path.display()))?;
+    } else {
+        let mut bytes = Vec::with_capacity(len as usize);
+        fs::File::open(path)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .with_context(|| format!("hashing {}", path.display()))?;
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Relative paths of all files below `dir`, sorted, following symlinks.
+pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if entry.file_type().is_file() {
+            files.push(entry.path().strip_prefix(dir).expect("walkdir yields children").to_path_buf());
+        }
+    }
+    Ok(files)
+}
+
+/// The hash of a tree: blake3 over its sorted `path\0hash\n` lines.
+fn combine_tree(entries: &[(String, String)]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"tree\n");
+    for (path, hash) in entries {
+        hasher.update(path.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(hash.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_hash_depends_on_content_and_names_not_mtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        fs::write(root.join("d/a.txt"), "alpha").unwrap();
+        fs::write(root.join("d/sub/b.txt"), "beta").unwrap();
+        let cache = StatCache::in_memory();
+        let first = cache.hash_path(root, Path::new("d")).unwrap();
+        assert_eq!(first, hash_uncached(&root.join("d")).unwrap());
+
+        // Rewriting identical bytes (new mtime) keeps the hash.
+        fs::write(root.join("d/a.txt"), "alpha").unwrap();
+        assert_eq!(cache.hash_path(root, Path::new("d")).unwrap(), first);
+
+        fs::write(root.join("d/a.txt"), "alpha!").unwrap();
+        let changed = cache.hash_path(root, Path::new("d")).unwrap();
+        assert_ne!(changed, first);
+
+        fs::rename(root.join("d/sub/b.txt"), root.join("d/sub/c.txt")).unwrap();
+        assert_ne!(cache.hash_path(root, Path::new("d")).unwrap(), changed);
+    }
+
+    #[test]
+    fn stat_cache_survives_save_and_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("f"), "x").unwrap();
+        let cache_path = tmp.path().join("cache.json");
+        let cache = StatCache::load(&cache_path);
+        let hash = cache.hash_path(tmp.path(), Path::new("f")).unwrap();
+        cache.save().unwrap();
+        let reloaded = StatCache::load(&cache_path);
+        assert_eq!(reloaded.entries.lock().unwrap()["f"].hash, hash);
+    }
+}

@@ -1,0 +1,200 @@
+//! The content-addressed artifact store under `data/store/`.
+//!
+//! ```text
+//! data/store/<fingerprint>/out/             the stage's outputs
+//! data/store/<fingerprint>/manifest.json    output hashes, written last
+//! data/store/.tmp/<fingerprint>/out/        a stage being written
+//! ```
+//!
+//! A stage writes into `.tmp/<fingerprint>/out`. Only when it succeeds are its outputs
+//! hashed, the manifest written, and the whole directory renamed into place, so an
+//! artifact directory that exists is complete. A run killed at any point leaves at most
+//! a `.tmp` directory, which is never trusted: it is wiped before the stage runs again,
+//! or handed back to a kind that declared itself resumable.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::fsutil::{remove_path, write_atomic};
+use crate::engine::hashing::hash_uncached;
+
+/// What a complete artifact records about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub fingerprint: String,
+    pub kind: String,
+    /// Output name → content hash.
+    pub outputs: BTreeMap<String, String>,
+    /// Hash of the whole `out/` directory (for deps on a stage as a whole).
+    pub tree_hash: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn artifact_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join(fingerprint)
+    }
+
+    pub fn output_dir(&self, fingerprint: &str) -> PathBuf {
+        self.artifact_dir(fingerprint).join("out")
+    }
+
+    fn tmp_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join(".tmp").join(fingerprint)
+    }
+
+    /// The manifest of a complete artifact, or `None`. A damaged manifest is reported
+    /// and treated as absent, so the stage simply runs again.
+    pub fn manifest(&self, fingerprint: &str) -> Option<Manifest> {
+        let path = self.artifact_dir(fingerprint).join("manifest.json");
+        let bytes = fs::read(&path).ok()?;
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(manifest) if manifest.fingerprint == fingerprint => Some(manifest),
+            _ => {
+                eprintln!("warning: ignoring damaged store entry {}", path.display());
+                None
+            }
+        }
+    }
+
+    /// An empty (or, when `resume`, possibly partial) directory to write outputs into.
+    pub fn begin(&self, fingerprint: &str, resume: bool) -> Result<PathBuf> {
+        let tmp = self.tmp_dir(fingerprint);
+        if !resume {
+            remove_path(&tmp)?;
+        }
+        let out = tmp.join("out");
+        fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        Ok(out)
+    }
+
+    /// Hashes the outputs, writes the manifest and moves the artifact into place.
+    pub fn commit(&self, fingerprint: &str, kind: &str, outputs: &[String], seconds: f64) -> Result<Manifest> {
+        let tmp = self.tmp_dir(fingerprint);
+        let out = tmp.join("out");
+        let mut hashes = BTreeMap::new();
+        for name in outputs {
+            let path = out.join(name);
+            if !path.exists() {
+                bail!("the stage did not write its declared output `{name}`");
+            }
+            hashes.insert(name.clone(), hash_uncached(&path)?);
+        }
+        let manifest = Manifest {
+            fingerprint: fingerprint.to_string(),
+            kind: kind.to_string(),
+            outputs: hashes,
+            tree_hash: hash_uncached(&out)?,
+            seconds,
+        };
+        write_atomic(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
+        let dest = self.artifact_dir(fingerprint);
+        remove_path(&dest)?; // a damaged entry we decided not to trust
+        fs::rename(&tmp, &dest).with_context(|| format!("moving {} into the store", tmp.display()))?;
+        Ok(manifest)
+    }
+
+    /// Fingerprints of all complete-looking artifacts.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let Ok(entries) = fs::read_dir(&self.root) else { return Ok(Vec::new()) };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Rehashes an artifact; returns what does not match its manifest.
+    pub fn verify(&self, fingerprint: &str) -> Vec<String> {
+        let Some(manifest) = self.manifest(fingerprint) else {
+            return vec!["manifest missing or unreadable".to_string()];
+        };
+        let out = self.output_dir(fingerprint);
+        let mut problems = Vec::new();
+        for (name, expected) in &manifest.outputs {
+            match hash_uncached(&out.join(name)) {
+                Ok(actual) if &actual == expected => {}
+                Ok(_) => problems.push(format!("{name}: content changed")),
+                Err(err) => problems.push(format!("{name}: {err:#}")),
+            }
+        }
+        if problems.is_empty() && hash_uncached(&out).ok().as_deref() != Some(manifest.tree_hash.as_str()) {
+            problems.push("extra or missing files in out/".to_string());
+        }
+        problems
+    }
+
+    /// Removes an artifact (and any interrupted write) from the store.
+    pub fn remove(&self, fingerprint: &str) -> Result<()> {
+        remove_path(&self.artifact_dir(fingerprint))
+    }
+
+    /// Removes every interrupted write. Only safe while holding the run lock.
+    pub fn clear_tmp(&self) -> Result<usize> {
+        let tmp_root = self.root.join(".tmp");
+        let count = fs::read_dir(&tmp_root).map(|entries| entries.count()).unwrap_or(0);
+        remove_path(&tmp_root)?;
+        Ok(count)
+    }
+}
+
+/// Disk usage of a path, in bytes.
+pub fn disk_usage(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_is_all_or_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("store"));
+        let out = store.begin("fp1", false).unwrap();
+        fs::write(out.join("a.txt"), "hello").unwrap();
+        assert!(store.manifest("fp1").is_none(), "nothing is visible before commit");
+        let err = store.commit("fp1", "k", &["a.txt".into(), "missing".into()], 0.0).unwrap_err();
+        assert!(err.to_string().contains("missing"));
+        assert!(store.manifest("fp1").is_none());
+
+        let manifest = store.commit("fp1", "k", &["a.txt".into()], 0.5).unwrap();
+        assert_eq!(store.manifest("fp1"), Some(manifest));
+        assert!(store.verify("fp1").is_empty());
+        fs::write(store.output_dir("fp1").join("a.txt"), "tampered").unwrap();
+        assert_eq!(store.verify("fp1"), ["a.txt: content changed"]);
+    }
+
+    #[test]
+    fn begin_wipes_unless_resuming() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().to_path_buf());
+        let out = store.begin("fp", false).unwrap();
+        fs::write(out.join("part-0"), "x").unwrap();
+        assert!(store.begin("fp", true).unwrap().join("part-0").exists());
+        assert!(!store.begin("fp", false).unwrap().join("part-0").exists());
+    }
+}

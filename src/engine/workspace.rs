@@ -1,0 +1,129 @@
+//! Where a project keeps things, and the lock that serializes runs on it.
+
+use std::fs::{self, File, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use thiserror::Error;
+
+pub struct Workspace {
+    pub root: PathBuf,
+    /// The pipeline file, relative to `root`.
+    pub pipeline_file: PathBuf,
+}
+
+#[derive(Debug, Error)]
+#[error("another `pipe` process is working in this workspace (lock {path}, held by pid {holder}); retry later, or run without --no-wait to wait for it")]
+pub struct WorkspaceBusy {
+    pub path: String,
+    pub holder: String,
+}
+
+/// Held for the duration of a run, gc or verify; released when dropped (or the process dies).
+pub struct RunLock {
+    _file: File,
+}
+
+impl Workspace {
+    pub fn new(root: PathBuf, pipeline_file: PathBuf) -> Self {
+        Self { root, pipeline_file }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir().join("store")
+    }
+
+    /// A persistent cache private to one stage kind.
+    pub fn kind_cache_dir(&self, kind: &str) -> PathBuf {
+        self.data_dir().join("cache").join(kind)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.data_dir().join(".pipe")
+    }
+
+    pub fn stat_cache_path(&self) -> PathBuf {
+        self.state_dir().join("stat-cache.json")
+    }
+
+    /// The name that tells pipelines apart: `pipeline` for `pipeline.yaml`.
+    fn pipeline_stem(&self) -> String {
+        self.pipeline_file.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+    }
+
+    fn is_default_pipeline(&self) -> bool {
+        self.pipeline_file == Path::new("pipeline.yaml")
+    }
+
+    /// `pipe.lock` for the root `pipeline.yaml`; `NAME.lock` beside any other pipeline file.
+    pub fn lock_file_path(&self) -> PathBuf {
+        if self.is_default_pipeline() {
+            self.root.join("pipe.lock")
+        } else {
+            self.root.join(self.pipeline_file.with_extension("lock"))
+        }
+    }
+
+    /// `data/out/<stage>` links to each stage's current artifact (`data/out/<pipeline>/…`
+    /// for pipelines other than the default).
+    pub fn views_dir(&self) -> PathBuf {
+        let out = self.data_dir().join("out");
+        if self.is_default_pipeline() {
+            out
+        } else {
+            out.join(self.pipeline_stem())
+        }
+    }
+
+    /// Points `data/out/<stage>` at an artifact's output directory (relative link, swapped atomically).
+    pub fn update_view(&self, stage: &str, output_dir: &Path) -> Result<()> {
+        let views = self.views_dir();
+        fs::create_dir_all(&views).with_context(|| format!("creating {}", views.display()))?;
+        let depth = views.strip_prefix(&self.root).map(|p| p.components().count()).unwrap_or(2);
+        let relative_store = output_dir.strip_prefix(&self.root).unwrap_or(output_dir);
+        let mut target = PathBuf::new();
+        for _ in 0..depth {
+            target.push("..");
+        }
+        target.push(relative_store);
+        let link = views.join(stage);
+        let tmp = views.join(format!(".{stage}.{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
+        fs::rename(&tmp, &link).with_context(|| format!("updating {}", link.display()))
+    }
+
+    /// Takes the workspace lock, waiting for another run to finish unless `wait` is false.
+    pub fn lock(&self, wait: bool) -> Result<RunLock> {
+        let path = self.state_dir().join("run.lock");
+        fs::create_dir_all(self.state_dir()).with_context(|| format!("creating {}", self.state_dir().display()))?;
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                let busy = WorkspaceBusy { path: path.display().to_string(), holder };
+                if !wait {
+                    return Err(busy.into());
+                }
+                eprintln!("waiting: another `pipe` (pid {}) holds {}", busy.holder, busy.path);
+                file.lock().with_context(|| format!("locking {}", path.display()))?;
+            }
+            Err(TryLockError::Error(err)) => return Err(err).with_context(|| format!("locking {}", path.display())),
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(RunLock { _file: file })
+    }
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    pipe::cli::main(pipe::engine::spec::KindRegistry::new(pipe::stages::registry()))
+}

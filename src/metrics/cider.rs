@@ -1,0 +1,161 @@
+//! CIDEr-D exactly as pycocoevalcap's `CiderScorer` computes it.
+//!
+//! Each caption becomes, per n-gram order (1..4), a TF-IDF vector whose document
+//! frequencies come from the references of the scored set itself (an image counts once per
+//! n-gram, whichever of its references holds it), so a score depends on which images are
+//! scored together. A hypothesis is compared with each reference by cosine similarity with
+//! the hypothesis weights clipped to the reference's, times a Gaussian penalty
+//! `exp(-δ²/2σ²)` on the length difference; the mean over orders and references, times 10,
+//! is the image's score, and the corpus score is the mean over images.
+//!
+//! Kept as pycocoevalcap has it: the "length" in the penalty counts bigram occurrences, not
+//! words (`if n == 1` after a zero-based order), and a zero norm skips the division.
+
+use std::collections::HashMap;
+
+use super::{ngram_counts, TokenizedSet};
+
+const MAX_N: usize = 4;
+const SIGMA: f64 = 6.0;
+
+/// One caption's TF-IDF vectors (one per order), their norms and its "length".
+struct Vectors<'a> {
+    weights: [HashMap<&'a [String], f64>; MAX_N],
+    norms: [f64; MAX_N],
+    length: f64,
+}
+
+/// Corpus CIDEr-D (pycocoevalcap `Cider().compute_score`, n = 4, σ = 6).
+pub fn cider_d(sets: &[TokenizedSet]) -> f64 {
+    if sets.is_empty() {
+        return f64::NAN;
+    }
+    let df = document_frequency(sets);
+    let log_images = (sets.len() as f64).ln();
+    let total: f64 = sets.iter().map(|set| image_score(set, &df, log_images)).sum();
+    total / sets.len() as f64
+}
+
+/// CIDEr-D of one image against its references.
+fn image_score(set: &TokenizedSet, df: &HashMap<&[String], f64>, log_images: f64) -> f64 {
+    let hyp = vectors(&set.hypothesis, df, log_images);
+    let mut per_order = [0.0; MAX_N];
+    for reference in &set.references {
+        let reference = vectors(reference, df, log_images);
+        for (acc, s) in per_order.iter_mut().zip(similarity(&hyp, &reference)) {
+            *acc += s;
+        }
+    }
+    let mean = per_order.iter().sum::<f64>() / MAX_N as f64;
+    mean / set.references.len() as f64 * 10.0
+}
+
+/// For every n-gram, the number of images whose references contain it.
+fn document_frequency(sets: &[TokenizedSet]) -> HashMap<&[String], f64> {
+    let mut df = HashMap::new();
+    for set in sets {
+        let mut seen: Vec<&[String]> =
+            set.references.iter().flat_map(|r| ngram_counts(r, MAX_N).into_keys()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for gram in seen {
+            *df.entry(gram).or_insert(0.0) += 1.0;
+        }
+    }
+    df
+}
+
+fn vectors<'a>(tokens: &'a [String], df: &HashMap<&[String], f64>, log_images: f64) -> Vectors<'a> {
+    let mut v = Vectors { weights: Default::default(), norms: [0.0; MAX_N], length: 0.0 };
+    for (gram, tf) in ngram_counts(tokens, MAX_N) {
+        let idf = log_images - df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
+        let order = gram.len() - 1;
+        let weight = tf as f64 * idf;
+        v.weights[order].insert(gram, weight);
+        v.norms[order] += weight * weight;
+        if order == 1 {
+            v.length += tf as f64;
+        }
+    }
+    for norm in &mut v.norms {
+        *norm = norm.sqrt();
+    }
+    v
+}
+
+/// Clipped cosine similarity per order, with the length penalty.
+fn similarity(hyp: &Vectors, reference: &Vectors) -> [f64; MAX_N] {
+    let delta = hyp.length - reference.length;
+    let penalty = (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
+    let mut out = [0.0; MAX_N];
+    for (n, value) in out.iter_mut().enumerate() {
+        for (gram, &h) in &hyp.weights[n] {
+            let r = reference.weights[n].get(gram).copied().unwrap_or(0.0);
+            *value += h.min(r) * r;
+        }
+        if hyp.norms[n] != 0.0 && reference.norms[n] != 0.0 {
+            *value /= hyp.norms[n] * reference.norms[n];
+        }
+        *value *= penalty;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::words;
+
+    fn set(hyp: &str, refs: &[&str]) -> TokenizedSet {
+        TokenizedSet { hypothesis: words(hyp), references: refs.iter().map(|r| words(r)).collect() }
+    }
+
+    #[test]
+    fn ngrams_shared_by_every_image_carry_no_weight() {
+        // "a" is in every image's references, so its idf is log(2) - log(2) = 0.
+        let sets = [set("a", &["a dog"]), set("a", &["a cat"])];
+        assert_eq!(cider_d(&sets), 0.0);
+    }
+
+    #[test]
+    fn identical_captions_of_distinct_images_score_ten() {
+        let sets = [
+            set("a dog runs fast", &["a dog runs fast"]),
+            set("two cats sleep here", &["two cats sleep here"]),
+        ];
+        assert!((cider_d(&sets) - 10.0).abs() < 1e-9, "{}", cider_d(&sets));
+        // Three words have no 4-gram, and the order-4 similarity of empty vectors is 0.
+        let sets = [set("a dog runs", &["a dog runs"]), set("two cats sleep", &["two cats sleep"])];
+        assert!((cider_d(&sets) - 7.5).abs() < 1e-9, "{}", cider_d(&sets));
+    }
+
+    #[test]
+    fn length_counts_bigrams_as_pycocoevalcap_does() {
+        let df = HashMap::new();
+        assert_eq!(vectors(&words("a b c d"), &df, 1.0).length, 3.0);
+        assert_eq!(vectors(&words("a"), &df, 1.0).length, 0.0);
+    }
+
+    #[test]
+    fn empty_hypothesis_scores_zero() {
+        let sets = [set("", &["a dog"]), set("a cat", &["a cat"])];
+        let score = image_score(&sets[0], &document_frequency(&sets), 2f64.ln());
+        assert_eq!(score, 0.0);
+    }
+
+    #[test]
+    fn matches_the_reference_fixture() {
+        use crate::metrics::{tokenize, Convention};
+        for case in &crate::metrics::fixture::load().cases {
+            for (convention, want) in [(Convention::Coco, &case.coco), (Convention::Nltk, &case.nltk)] {
+                let got = cider_d(&tokenize(&case.sets(), convention));
+                assert!(
+                    (got - want.cider_d).abs() < 1e-6,
+                    "case {} {convention}: {got} vs {}",
+                    case.name,
+                    want.cider_d
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Reading the declared artifacts the decoder needs (`vocab.json`, `features.arrow`,
+//! `tokens.parquet`, an optional word-vector text file) into tensors, and writing
+//! `captions.parquet`. Only the columns named in docs/CONTRACTS.md are read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, LargeStringArray, RecordBatch, StringArray};
+use arrow_ipc::reader::FileReader;
+use polars::prelude::{Column, DataFrame, DataType};
+use tch::Tensor;
+
+use super::train::CaptionSet;
+use crate::data::table;
+
+/// `vocab.json`, read by the tokenize kind's own type so both sides agree on it.
+pub use crate::data::vocab::Vocab;
+
+/// Word ids (no start/end) → a caption string.
+pub fn caption_text(vocab: &Vocab, ids: &[i64]) -> String {
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    vocab.decode(&ids)
+}
+
+/// `features.arrow`: one row per image.
+pub struct FeatureTable {
+    pub images: Vec<String>,
+    /// (M, D) float32, row i belongs to `images[i]`.
+    pub matrix: Tensor,
+}
+
+impl FeatureTable {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let reader = FileReader::try_new(file, None).with_context(|| format!("reading Arrow IPC file {}", path.display()))?;
+        let (mut images, mut values, mut dim) = (Vec::new(), Vec::<f32>::new(), None);
+        for batch in reader {
+            let batch = batch.with_context(|| format!("reading a batch of {}", path.display()))?;
+            images.extend(string_column(&batch, "image").with_context(|| path.display().to_string())?);
+            let d = append_features(&batch, &mut values).with_context(|| path.display().to_string())?;
+            if dim.replace(d).is_some_and(|old| old != d) {
+                bail!("{}: feature width changes between batches", path.display());
+            }
+        }
+        let dim = dim.ok_or_else(|| anyhow!("{}: no record batches", path.display()))?;
+        let matrix = Tensor::from_slice(&values).view([images.len() as i64, dim]);
+        Ok(Self { images, matrix })
+    }
+
+    pub fn dim(&self) -> i64 {
+        self.matrix.size()[1]
+    }
+
+    /// Row of each image name.
+    pub fn index(&self) -> HashMap<&str, i64> {
+        self.images.iter().enumerate().map(|(i, n)| (n.as_str(), i as i64)).collect()
+    }
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
+    let col = batch.column_by_name(name).ok_or_else(|| anyhow!("no column `{name}`"))?;
+    if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+        return Ok(a.iter().map(|s| s.unwrap_or_default().to_string()).collect());
+    }
+    if let Some(a) = col.as_any().downcast_ref::<LargeStringArray>() {
+        return Ok(a.iter().map(|s| s.unwrap_or_default().to_string()).collect());
+    }
+    bail!("column `{name}` is {}, expected Utf8", col.data_type())
+}
+
+/// Appends the batch's `features` rows to `out`; returns the width D.
+fn append_features(batch: &RecordBatch, out: &mut Vec<f32>) -> Result<i64> {
+    let col = batch.column_by_name("features").ok_or_else(|| anyhow!("no column `features`"))?;
+    let list = col
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .ok_or_else(|| anyhow!("column `features` is {}, expected FixedSizeList<Float32>", col.data_type()))?;
+    let values = list
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| anyhow!("column `features` holds {}, expected Float32", list.value_type()))?;
+    let dim = list.value_length() as usize;
+    let start = list.offset() * dim;
+    out.extend_from_slice(&values.values()[start..start + list.len() * dim]);
+    Ok(dim as i64)
+}
+
+/// `tokens.parquet` rows.
+pub struct TokenTable {
+    pub images: Vec<String>,
+    pub splits: Vec<String>,
+    /// Token ids, startseq … endseq.
+    pub tokens: Vec<Vec<i64>>,
+}
+
+impl TokenTable {
+    pub fn load(path: &Path) -> Result<Self> {
+        let df = table::read_parquet(path)?;
+        let list = DataType::List(Box::new(DataType::UInt32));
+        table::require_columns(&df, path, &[("image", DataType::String), ("split", DataType::String), ("tokens", list)])?;
+        let owned = |name| -> Result<Vec<String>> {
+            Ok(table::str_values(&df, name)?.into_iter().map(str::to_string).collect())
+        };
+        let tokens = table::u32_list_values(&df, "tokens")
+            .with_context(|| format!("{}: column `tokens`", path.display()))?
+            .into_iter()
+            .map(|row| row.into_iter().map(i64::from).collect())
+            .collect();
+        Ok(Self { images: owned("image")?, splits: owned("split")?, tokens })
+    }
+
+    /// The distinct images of `split`, in first-seen order.
+    pub fn split_images(&self, split: &str) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.images
+            .iter()
+            .zip(&self.splits)
+            .filter(|(img, s)| s.as_str() == split && seen.insert(img.as_str()))
+            .map(|(img, _)| img.clone())
+            .collect()
+    }
+
+    /// The captions of `split` as a [`CaptionSet`] over `features`' rows. Captions longer
+    /// than `max_len` are cut (keeping endseq), so one odd caption cannot blow up T.
+    pub fn caption_set(&self, split: &str, features: &FeatureTable, max_len: usize, pad_id: i64) -> Result<CaptionSet> {
+        let index = features.index();
+        let (mut captions, mut rows) = (Vec::new(), Vec::new());
+        for ((image, s), tokens) in self.images.iter().zip(&self.splits).zip(&self.tokens) {
+            if s != split {
+                continue;
+            }
+            let row = *index.get(image.as_str()).ok_or_else(|| anyhow!("image `{image}` ({split}) has no features"))?;
+            if tokens.len() < 2 {
+                bail!("image `{image}`: a caption has {} tokens, expected startseq … endseq", tokens.len());
+            }
+            let mut t = tokens.clone();
+            if t.len() > max_len {
+                let end = *t.last().unwrap();
+                t.truncate(max_len - 1);
+                t.push(end);
+            }
+            captions.push(t);
+            rows.push(row);
+        }
+        Ok(CaptionSet::from_lists(&captions, &rows, pad_id))
+    }
+}
+
+/// One row of `captions.parquet`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionRow {
+    pub image: String,
+    pub caption: String,
+    pub log_prob: f64,
+}
+
+/// Writes `captions.parquet` (image, caption, log_prob) via a temp file and a rename.
+pub fn write_captions(path: &Path, rows: &[CaptionRow]) -> Result<()> {
+    let mut df = DataFrame::new_infer_height(vec![
+        Column::new("image".into(), rows.iter().map(|r| r.image.as_str()).collect::<Vec<_>>()),
+        Column::new("caption".into(), rows.iter().map(|r| r.caption.as_str()).collect::<Vec<_>>()),
+        Column::new("log_prob".into(), rows.iter().map(|r| r.log_prob).collect::<Vec<_>>()),
+    ])?;
+    let tmp = path.with_extension("parquet.tmp");
+    table::write_parquet(&mut df, &tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Reads a `captions.parquet` written by [`write_captions`].
+pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
+    let df = table::read_parquet(path)?;
+    let columns = [("image", DataType::String), ("caption", DataType::String), ("log_prob", DataType::Float64)];
+    table::require_columns(&df, path, &columns)?;
+    let (images, captions) = (table::str_values(&df, "image")?, table::str_values(&df, "caption")?);
+    let log_probs = df.column("log_prob")?.f64()?.into_no_null_iter();
+    Ok(images
+        .into_iter()
+        .zip(captions)
+        .zip(log_probs)
+        .map(|((image, caption), log_prob)| CaptionRow { image: image.into(), caption: caption.into(), log_prob })
+        .collect())
+}
+
+/// Word vectors from a GloVe/fastText text file (`word v1 … vE` per line; a fastText
+/// header line `count dim` is skipped) for the vocabulary's words. Returns the (V, E)
+/// matrix with `fallback`'s rows where a word is missing, and how many words were found.
+pub fn load_word_vectors(path: &Path, vocab: &Vocab, fallback: &Tensor) -> Result<(Tensor, usize)> {
+    let dim = fallback.size()[1] as usize;
+    let ids: HashMap<&str, usize> = vocab.file.tokens.iter().enumerate().map(|(i, w)| (w.as_str(), i)).collect();
+    let mut matrix = Vec::<f32>::try_from(fallback.to_device(tch::Device::Cpu).reshape([-1]))?;
+    let file = File::open(path).with_context(|| format!("opening word vectors {}", path.display()))?;
+    let mut found = vec![false; vocab.len()];
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}", path.display(), n + 1))?;
+        let mut parts = line.split(' ');
+        let Some(&id) = parts.next().and_then(|w| ids.get(w)) else { continue };
+        let values: Vec<f32> = parts.filter(|p| !p.is_empty()).map(str::parse).collect::<Result<_, _>>()
+            .with_context(|| format!("{}:{}: not a number", path.display(), n + 1))?;
+        if values.len() != dim {
+            bail!("{}:{}: {} values, but the embedding width is {dim}", path.display(), n + 1, values.len());
+        }
+        if !found[id] {
+            matrix[id * dim..(id + 1) * dim].copy_from_slice(&values);
+            found[id] = true;
+        }
+    }
+    let hits = found.iter().filter(|&&f| f).count();
+    Ok((Tensor::from_slice(&matrix).view([vocab.len() as i64, dim as i64]), hits))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_array::types::Float32Type;
+    use arrow_ipc::writer::FileWriter;
+    use arrow_schema::{DataType, Field, Schema};
+
+    /// Writes a features.arrow with `names` and rows of `dim` values (row i is all i).
+    pub(crate) fn write_features(path: &Path, names: &[&str], dim: i32) {
+        let values = names.iter().enumerate().map(|(i, _)| Some(vec![Some(i as f32); dim as usize]));
+        let list = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(values, dim);
+        let hashes = StringArray::from(names.iter().map(|n| format!("h-{n}")).collect::<Vec<_>>());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("image", DataType::Utf8, false),
+            Field::new("content_hash", DataType::Utf8, false),
+            Field::new("features", list.data_type().clone(), false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(names.to_vec())), Arc::new(hashes), Arc::new(list)],
+        )
+        .unwrap();
+        let mut writer = FileWriter::try_new(File::create(path).unwrap(), &schema).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+    }
+
+    /// A vocabulary of `words` plus pad, unk, startseq and endseq (sorted after pad/unk).
+    pub(crate) fn vocab_of(words: &[&str]) -> Vocab {
+        let mut counts = crate::data::vocab::WordCounts::default();
+        counts.add(&words.join(" "));
+        Vocab::build(&counts, 1, &crate::data::clean::Cleaning::default()).unwrap()
+    }
+
+    #[test]
+    fn features_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("features.arrow");
+        write_features(&path, &["a.jpg", "b.jpg", "c.jpg"], 4);
+        let table = FeatureTable::load(&path).unwrap();
+        assert_eq!(table.images, ["a.jpg", "b.jpg", "c.jpg"]);
+        assert_eq!(table.matrix.size(), [3, 4]);
+        assert_eq!(table.matrix.double_value(&[2, 3]), 2.0);
+    }
+
+    #[test]
+    fn captions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("captions.parquet");
+        let rows = vec![CaptionRow { image: "x/a.jpg".into(), caption: "dog runs".into(), log_prob: -3.5 }];
+        write_captions(&path, &rows).unwrap();
+        assert_eq!(read_captions(&path).unwrap(), rows);
+        assert!(!path.with_extension("parquet.tmp").exists());
+    }
+
+    #[test]
+    fn word_vectors_replace_known_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("glove.txt");
+        std::fs::write(&path, "2 2\ndog 1 2\ncat 3 4\nzebra 5 6\n").unwrap();
+        let vocab = vocab_of(&["dog", "cat"]); // <pad> <unk> cat dog endseq startseq
+        let (m, hits) = load_word_vectors(&path, &vocab, &Tensor::zeros([6, 2], (tch::Kind::Float, tch::Device::Cpu))).unwrap();
+        assert_eq!(hits, 2);
+        assert_eq!(m.double_value(&[2, 1]), 4.0);
+        assert_eq!(m.double_value(&[4, 0]), 0.0);
+    }
+}

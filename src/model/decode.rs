@@ -1,0 +1,291 @@
+//! Batched greedy and beam-search decoding with the [`MergeDecoder`].
+//!
+//! Both decode many images at once: every live hypothesis of every image is one row of
+//! the LSTM batch, and rows whose image is finished are dropped, so a long caption
+//! costs only its own rows. The host sees one small copy per step (the chosen tokens and
+//! scores), which it needs anyway to decide what has finished.
+//!
+//! The beam follows the peer (`decode_eval.py`) exactly: a hypothesis that emits endseq is
+//! set aside and the image's beam shrinks by one; the image is done when its beam is empty
+//! or after `max_steps` tokens; if nothing finished, the live hypotheses count. The pick
+//! is the best raw log-probability, or with `length_norm` the best log-probability divided
+//! by the number of tokens (endseq included). Width 1 gives exactly the greedy result.
+
+use anyhow::{ensure, Result};
+use tch::{Kind, Tensor};
+
+use super::decoder::{DecoderState, MergeDecoder};
+
+/// What every decoder needs to know about the vocabulary and the length limit.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    pub start_id: i64,
+    pub end_id: i64,
+    /// Tokens never emitted (pad, unk, startseq).
+    pub banned: Vec<i64>,
+    /// Most tokens generated per image, endseq included (the peer uses 34).
+    pub max_steps: usize,
+}
+
+/// One decoded caption: word ids without startseq/endseq, and its summed log-probability
+/// (the endseq step included when it was emitted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hypothesis {
+    pub tokens: Vec<i64>,
+    pub log_prob: f64,
+}
+
+/// Greedy decoding. features (B, D) on the model's device → B hypotheses.
+pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hypothesis>> {
+    let _guard = tch::no_grad_guard();
+    let batch = features.size()[0] as usize;
+    let ban = ban_vector(model, opts, features.device());
+    let (mut m, mut state) = model.init_state(features);
+    let mut rows: Vec<usize> = (0..batch).collect(); // image of each live row
+    let mut out: Vec<Hypothesis> = vec![Hypothesis { tokens: vec![], log_prob: 0.0 }; batch];
+    let mut scores = vec![0f64; batch];
+    let mut tokens = Tensor::full([batch as i64], opts.start_id, (Kind::Int64, features.device()));
+    for _ in 0..opts.max_steps {
+        let (lp, next) = model.step(&tokens, &m, &state);
+        let (best, words) = (lp + &ban).max_dim(1, false);
+        let best = Vec::<f32>::try_from(best.to_device(tch::Device::Cpu))?;
+        let words = Vec::<i64>::try_from(words.to_device(tch::Device::Cpu))?;
+        let mut keep = Vec::with_capacity(rows.len());
+        for (r, (&image, &word)) in rows.iter().zip(&words).enumerate() {
+            scores[image] += best[r] as f64;
+            if word != opts.end_id {
+                out[image].tokens.push(word);
+                keep.push(r as i64);
+            }
+        }
+        state = next;
+        if keep.len() < rows.len() {
+            if keep.is_empty() {
+                rows.clear();
+                break;
+            }
+            let keep_t = Tensor::from_slice(&keep).to_device(features.device());
+            (m, state) = (m.index_select(0, &keep_t), select_rows(&state, &keep_t));
+            rows = keep.iter().map(|&r| rows[r as usize]).collect();
+        }
+        let live: Vec<i64> = rows.iter().map(|&image| *out[image].tokens.last().unwrap()).collect();
+        tokens = Tensor::from_slice(&live).to_device(features.device());
+    }
+    for (h, s) in out.iter_mut().zip(scores) {
+        h.log_prob = s;
+    }
+    Ok(out)
+}
+
+/// One image's beam while decoding.
+struct Beam {
+    /// Live hypotheses: (word ids, summed log-prob). Their rows are contiguous in the batch.
+    live: Vec<(Vec<i64>, f64)>,
+    /// Finished hypotheses: (word ids, summed log-prob, tokens incl. endseq).
+    done: Vec<(Vec<i64>, f64, usize)>,
+}
+
+/// Beam search of `width` for every image of features (B, D) at once → B hypotheses.
+pub fn beam_search(
+    model: &MergeDecoder,
+    features: &Tensor,
+    opts: &DecodeOptions,
+    width: usize,
+    length_norm: bool,
+) -> Result<Vec<Hypothesis>> {
+    ensure!(width >= 1, "beam width must be at least 1");
+    let _guard = tch::no_grad_guard();
+    let device = features.device();
+    let vocab = model.cfg.vocab_size;
+    let ban = ban_vector(model, opts, device);
+    let (mut m, mut state) = model.init_state(features);
+    let mut beams: Vec<Beam> =
+        (0..features.size()[0]).map(|_| Beam { live: vec![(vec![], 0.0)], done: vec![] }).collect();
+    let mut active: Vec<usize> = (0..beams.len()).collect(); // images with live rows, in row order
+    let mut tokens = Tensor::full([beams.len() as i64], opts.start_id, (Kind::Int64, device));
+    let mut scores = Tensor::zeros([beams.len() as i64, 1], (Kind::Double, device));
+    for _ in 0..opts.max_steps {
+        let (lp, next) = model.step(&tokens, &m, &state);
+        // Scores add up in f64, so a long prefix's sum does not round two candidates'
+        // different f32 log-probs into a tie (width 1 then ranks exactly as greedy does).
+        let cand = (lp + &ban).to_kind(Kind::Double) + &scores; // (R, V)
+        let (top_scores, top_index) = top_per_image(&cand, &beams, &active, width, vocab)?;
+        let plan = advance(&mut beams, &active, &top_scores, &top_index, width, vocab, opts.end_id);
+        active = plan.active;
+        if plan.src_rows.is_empty() {
+            break;
+        }
+        let src = Tensor::from_slice(&plan.src_rows).to_device(device);
+        (m, state) = (m.index_select(0, &src), select_rows(&next, &src));
+        tokens = Tensor::from_slice(&plan.tokens).to_device(device);
+        scores = Tensor::from_slice(&plan.scores).to_device(device).unsqueeze(1);
+    }
+    Ok(beams.into_iter().map(|b| pick(b, length_norm)).collect())
+}
+
+/// Each active image's `width` best candidates over its live rows: (G, width) scores and
+/// flat indices (slot * V + word), copied to the host. Missing slots score -inf.
+fn top_per_image(
+    cand: &Tensor,
+    beams: &[Beam],
+    active: &[usize],
+    width: usize,
+    vocab: i64,
+) -> Result<(Vec<f64>, Vec<i64>)> {
+    let mut slots = Vec::with_capacity(cand.size()[0] as usize);
+    for (g, &image) in active.iter().enumerate() {
+        slots.extend((0..beams[image].live.len()).map(|j| (g * width + j) as i64));
+    }
+    let grid = Tensor::full([(active.len() * width) as i64, vocab], f64::NEG_INFINITY, (Kind::Double, cand.device()));
+    let grid = grid.index_copy(0, &Tensor::from_slice(&slots).to_device(cand.device()), cand);
+    let k = (width as i64).min(width as i64 * vocab);
+    let (values, index) = grid.view([active.len() as i64, -1]).topk(k, -1, true, true);
+    Ok((Vec::<f64>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?,
+        Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?))
+}
+
+/// The next step's rows, host side.
+struct StepPlan {
+    active: Vec<usize>,
+    /// For each new row: the old row it continues, its token and its score.
+    src_rows: Vec<i64>,
+    tokens: Vec<i64>,
+    scores: Vec<f64>,
+}
+
+/// Applies the chosen candidates to each beam, as the peer does: the first `k` candidates
+/// are taken; endseq ones finish and shrink the beam.
+fn advance(
+    beams: &mut [Beam],
+    active: &[usize],
+    top_scores: &[f64],
+    top_index: &[i64],
+    width: usize,
+    vocab: i64,
+    end_id: i64,
+) -> StepPlan {
+    let mut plan = StepPlan { active: vec![], src_rows: vec![], tokens: vec![], scores: vec![] };
+    let mut row_start = 0usize;
+    for (g, &image) in active.iter().enumerate() {
+        let beam = &mut beams[image];
+        // The peer's k: the width less what has finished (at step 0 that exceeds the live count).
+        let k = width - beam.done.len();
+        let mut next = Vec::with_capacity(k);
+        for j in 0..k {
+            let (score, flat) = (top_scores[g * width + j], top_index[g * width + j]);
+            if score == f64::NEG_INFINITY {
+                break;
+            }
+            let (slot, word) = ((flat / vocab) as usize, flat % vocab);
+            let words = &beam.live[slot].0;
+            if word == end_id {
+                beam.done.push((words.clone(), score, words.len() + 1));
+            } else {
+                let mut extended = words.clone();
+                extended.push(word);
+                plan.src_rows.push((row_start + slot) as i64);
+                plan.tokens.push(word);
+                plan.scores.push(score);
+                next.push((extended, score));
+            }
+        }
+        row_start += beam.live.len();
+        beam.live = next;
+        if !beam.live.is_empty() {
+            plan.active.push(image);
+        }
+    }
+    plan
+}
+
+/// The final choice for one image (the first best wins ties, like Python's `max`).
+fn pick(beam: Beam, length_norm: bool) -> Hypothesis {
+    let done = if beam.done.is_empty() {
+        beam.live.into_iter().map(|(w, s)| { let n = w.len(); (w, s, n) }).collect()
+    } else {
+        beam.done
+    };
+    let key = |d: &(Vec<i64>, f64, usize)| if length_norm { d.1 / d.2.max(1) as f64 } else { d.1 };
+    let mut best = 0;
+    for (i, d) in done.iter().enumerate() {
+        if key(d) > key(&done[best]) {
+            best = i;
+        }
+    }
+    let (tokens, score, _) = done.into_iter().nth(best).expect("a beam always has a hypothesis");
+    Hypothesis { tokens, log_prob: score }
+}
+
+/// (V,) with -inf at banned ids and 0 elsewhere, added to log-probs.
+fn ban_vector(model: &MergeDecoder, opts: &DecodeOptions, device: tch::Device) -> Tensor {
+    let mut ban = vec![0f32; model.cfg.vocab_size as usize];
+    for &id in &opts.banned {
+        if let Some(slot) = ban.get_mut(id as usize) {
+            *slot = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::from_slice(&ban).to_device(device)
+}
+
+/// Keeps rows `index` (on the state's device) of an LSTM state (1, R, H).
+fn select_rows(state: &DecoderState, index: &Tensor) -> DecoderState {
+    tch::nn::LSTMState((state.h().index_select(1, index), state.c().index_select(1, index)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::decoder::DecoderConfig;
+    use tch::{nn, Device};
+
+    /// A random model; holds the RNG lock until the caller has drawn its features too.
+    fn model(seed: i64) -> (std::sync::MutexGuard<'static, ()>, nn::VarStore, MergeDecoder) {
+        let rng = crate::model::train::torch_rng_lock();
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = DecoderConfig { vocab_size: 30, feature_dim: 10, embed: 16, hidden: 16, dense: 12, dropout: 0.5, max_len: 12, pad_id: 0 };
+        let dec = MergeDecoder::new(&cfg, vs.root());
+        (rng, vs, dec)
+    }
+
+    fn opts() -> DecodeOptions {
+        DecodeOptions { start_id: 2, end_id: 3, banned: vec![0, 1, 2], max_steps: 11 }
+    }
+
+    #[test]
+    fn beam_width_one_equals_greedy() {
+        for seed in 0..5 {
+            let (_rng, _vs, dec) = model(seed);
+            let feats = Tensor::randn([17, 10], (Kind::Float, Device::Cpu)) * 3.0;
+            let g = greedy(&dec, &feats, &opts()).unwrap();
+            let b = beam_search(&dec, &feats, &opts(), 1, false).unwrap();
+            let bn = beam_search(&dec, &feats, &opts(), 1, true).unwrap();
+            assert_eq!(g, b, "seed {seed}");
+            assert_eq!(g, bn, "seed {seed}");
+            assert!(g.iter().all(|h| h.tokens.iter().all(|&t| t > 2)));
+        }
+    }
+
+    #[test]
+    fn batched_beam_equals_one_image_at_a_time() {
+        let (_rng, _vs, dec) = model(3);
+        let feats = Tensor::randn([6, 10], (Kind::Float, Device::Cpu)) * 3.0;
+        let all = beam_search(&dec, &feats, &opts(), 4, true).unwrap();
+        for (i, h) in all.iter().enumerate() {
+            let one = beam_search(&dec, &feats.narrow(0, i as i64, 1), &opts(), 4, true).unwrap();
+            assert_eq!(one[0].tokens, h.tokens, "image {i}");
+            assert!((one[0].log_prob - h.log_prob).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn wider_beam_finds_no_worse_raw_score() {
+        let (_rng, _vs, dec) = model(4);
+        let feats = Tensor::randn([8, 10], (Kind::Float, Device::Cpu)) * 3.0;
+        let g = greedy(&dec, &feats, &opts()).unwrap();
+        let b = beam_search(&dec, &feats, &opts(), 5, false).unwrap();
+        let (sg, sb): (f64, f64) = (g.iter().map(|h| h.log_prob).sum(), b.iter().map(|h| h.log_prob).sum());
+        assert!(sb >= sg - 1e-4, "beam {sb} < greedy {sg}");
+        assert!(b.iter().all(|h| h.tokens.len() <= 11));
+    }
+}

@@ -1,0 +1,202 @@
+//! The "merge" caption decoder: an LSTM language model whose first input step is the
+//! image and whose output is merged with the image again before the vocabulary layer.
+//!
+//! ```text
+//! features (B, D) ─ Dense(E) ─ relu ─ v (B, E)
+//! LSTM(H) over [v, emb(startseq), emb(w1) … emb(w_{n-1})]   (B, 1+T, E) → h (B, T, H)
+//! dropout(h) + v ─ Dense(dense) ─ relu ─ dropout ─ Dense(V) → logits
+//! ```
+//!
+//! With the defaults (E = H = 256, dense 128, dropout 0.5) this is exactly the PyTorch
+//! peer in `shared/peers/torch_merge/model.py`, initialised the way PyTorch initialises it,
+//! so quality comparisons measure the pipeline and not a different model.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, RNN};
+use tch::{Kind, Tensor};
+
+/// Decoder hyper-parameters; saved as `model.json` next to the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// Number of token ids (`vocab.json` tokens, including pad and unk).
+    pub vocab_size: i64,
+    /// Width of one image feature vector (1280 for EfficientNet-Lite0).
+    pub feature_dim: i64,
+    /// Word embedding width, also the width of the image vector `v`.
+    pub embed: i64,
+    /// LSTM hidden width.
+    pub hidden: i64,
+    /// Width of the Dense layer between the merge and the vocabulary layer.
+    pub dense: i64,
+    /// Dropout probability, used twice (after the LSTM and after the Dense layer).
+    pub dropout: f64,
+    /// Longest token sequence seen in training, start and end included; bounds decoding.
+    pub max_len: i64,
+    /// Id of the padding token (its embedding row stays zero and gets no gradient).
+    pub pad_id: i64,
+}
+
+impl DecoderConfig {
+    /// The peer's sizes, for a given vocabulary and feature width.
+    pub fn merge_default(vocab_size: i64, feature_dim: i64, max_len: i64) -> Self {
+        Self { vocab_size, feature_dim, embed: 256, hidden: 256, dense: 128, dropout: 0.5, max_len, pad_id: 0 }
+    }
+}
+
+/// The merge decoder. Built with [`MergeDecoder::new`] under a var-store path, so its
+/// weights are named `image.weight`, `embed.weight`, `lstm.weight_ih_l0`, `fc.weight`, `out.weight`…
+#[derive(Debug)]
+pub struct MergeDecoder {
+    pub cfg: DecoderConfig,
+    image: nn::Linear,
+    pub(crate) embed: nn::Embedding,
+    lstm: nn::LSTM,
+    /// Only when `embed != hidden`: maps `v` to the LSTM width for the merge.
+    merge: Option<nn::Linear>,
+    fc: nn::Linear,
+    out: nn::Linear,
+}
+
+/// The LSTM state `(h, c)`, each of shape (1, B, H).
+pub type DecoderState = nn::LSTMState;
+
+impl MergeDecoder {
+    pub fn new(cfg: &DecoderConfig, vs: nn::Path) -> Self {
+        let embed_cfg = nn::EmbeddingConfig { padding_idx: cfg.pad_id, ..Default::default() };
+        let bound = 1.0 / (cfg.hidden as f64).sqrt();
+        let uniform = nn::Init::Uniform { lo: -bound, up: bound };
+        let lstm_cfg = nn::RNNConfig {
+            w_ih_init: uniform,
+            w_hh_init: uniform,
+            b_ih_init: Some(uniform),
+            b_hh_init: Some(uniform),
+            ..Default::default()
+        };
+        let embed = nn::embedding(&vs / "embed", cfg.vocab_size, cfg.embed, embed_cfg);
+        // PyTorch zeroes the padding row at construction; the peer relies on that.
+        let _ = tch::no_grad(|| embed.ws.get(cfg.pad_id).zero_());
+        let merge = (cfg.embed != cfg.hidden).then(|| torch_linear(&vs / "merge", cfg.embed, cfg.hidden));
+        Self {
+            cfg: cfg.clone(),
+            image: torch_linear(&vs / "image", cfg.feature_dim, cfg.embed),
+            embed,
+            lstm: nn::lstm(&vs / "lstm", cfg.embed, cfg.hidden, lstm_cfg),
+            merge,
+            fc: torch_linear(&vs / "fc", cfg.hidden, cfg.dense),
+            out: torch_linear(&vs / "out", cfg.dense, cfg.vocab_size),
+        }
+    }
+
+    /// Image vectors: features (B, D) → v (B, E), relu'd.
+    pub fn image_vector(&self, features: &Tensor) -> Tensor {
+        features.apply(&self.image).relu()
+    }
+
+    /// The vector added to the LSTM output: v itself, or its projection when E ≠ H. (B, H).
+    pub fn merge_vector(&self, v: &Tensor) -> Tensor {
+        match &self.merge {
+            Some(proj) => v.apply(proj),
+            None => v.shallow_clone(),
+        }
+    }
+
+    /// Teacher-forced LSTM pass. features (B, D), inputs (B, T) = startseq w1 … (padded).
+    /// Returns h (B, T, H), where h[:, t] predicts inputs[:, t+1] (or endseq), and the
+    /// merge vectors (B, H). The image step's own output is dropped.
+    pub fn hidden_states(&self, features: &Tensor, inputs: &Tensor) -> (Tensor, Tensor) {
+        let v = self.image_vector(features);
+        let steps = Tensor::cat(&[v.unsqueeze(1), inputs.apply(&self.embed)], 1);
+        let (h, _) = self.lstm.seq(&steps);
+        (h.narrow(1, 1, inputs.size()[1]), self.merge_vector(&v))
+    }
+
+    /// Output head: h (N, H) and merge vectors m (N, H) (or (N, 1, H) against h (N, T, H))
+    /// → logits (N, V) (or (N, T, V)). Dropout only when `train`.
+    pub fn head(&self, h: &Tensor, m: &Tensor, train: bool) -> Tensor {
+        let p = self.cfg.dropout;
+        (h.dropout(p, train) + m).apply(&self.fc).relu().dropout(p, train).apply(&self.out)
+    }
+
+    /// Full teacher-forced forward: features (B, D), inputs (B, T) → logits (B, T, V).
+    /// Training uses [`Self::hidden_states`] + [`Self::head`] on real tokens only; this is
+    /// the plain form, for tests and inspection.
+    pub fn forward_t(&self, features: &Tensor, inputs: &Tensor, train: bool) -> Tensor {
+        let (h, m) = self.hidden_states(features, inputs);
+        self.head(&h, &m.unsqueeze(1), train)
+    }
+
+    /// Starts decoding: features (B, D) → merge vectors (B, H) and the state after the image step.
+    pub fn init_state(&self, features: &Tensor) -> (Tensor, DecoderState) {
+        let v = self.image_vector(features);
+        let (_, state) = self.lstm.seq(&v.unsqueeze(1));
+        (self.merge_vector(&v), state)
+    }
+
+    /// One decoding step: tokens (B,) int64, merge vectors (B, H), state → log-probs (B, V)
+    /// and the new state. Always in eval mode (no dropout).
+    pub fn step(&self, tokens: &Tensor, m: &Tensor, state: &DecoderState) -> (Tensor, DecoderState) {
+        let (h, state) = self.lstm.seq_init(&tokens.apply(&self.embed).unsqueeze(1), state);
+        let logits = self.head(&h.squeeze_dim(1), m, false);
+        (logits.log_softmax(-1, Kind::Float), state)
+    }
+}
+
+/// A Dense layer initialised like PyTorch's `nn.Linear`: weights and bias U(±1/√fan_in).
+fn torch_linear(vs: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(vs, fan_in, fan_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn tiny() -> DecoderConfig {
+        DecoderConfig { vocab_size: 11, feature_dim: 6, embed: 8, hidden: 8, dense: 5, dropout: 0.5, max_len: 7, pad_id: 0 }
+    }
+
+    #[test]
+    fn shapes() {
+        let _rng = crate::model::train::torch_rng_lock();
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dec = MergeDecoder::new(&tiny(), vs.root());
+        let feats = Tensor::randn([3, 6], (Kind::Float, Device::Cpu));
+        let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 0, 2, 0, 0]).view([3, 3]);
+        assert_eq!(dec.forward_t(&feats, &inputs, true).size(), [3, 3, 11]);
+        let (h, m) = dec.hidden_states(&feats, &inputs);
+        assert_eq!((h.size(), m.size()), (vec![3, 3, 8], vec![3, 8]));
+        let (m, state) = dec.init_state(&feats);
+        let (lp, state) = dec.step(&inputs.select(1, 0), &m, &state);
+        assert_eq!((lp.size(), state.h().size()), (vec![3, 11], vec![1, 3, 8]));
+        let total = lp.exp().sum_dim_intlist(-1, false, Kind::Float);
+        assert!(total.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn stepwise_decoding_matches_teacher_forcing() {
+        let _rng = crate::model::train::torch_rng_lock();
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dec = MergeDecoder::new(&DecoderConfig { embed: 6, ..tiny() }, vs.root());
+        let feats = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
+        let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
+        let full = dec.forward_t(&feats, &inputs, false).log_softmax(-1, Kind::Float);
+        let (m, mut state) = dec.init_state(&feats);
+        for t in 0..3 {
+            let (lp, next) = dec.step(&inputs.select(1, t), &m, &state);
+            assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
+            state = next;
+        }
+    }
+
+    #[test]
+    fn padding_row_is_zero() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let dec = MergeDecoder::new(&tiny(), vs.root());
+        assert_eq!(dec.embed.ws.get(0).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+}

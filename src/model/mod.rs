@@ -1,0 +1,7 @@
+//! Models: the frozen image backbone and the caption decoder.
+
+pub mod backbone;
+pub mod data;
+pub mod decode;
+pub mod decoder;
+pub mod train;

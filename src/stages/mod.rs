@@ -1,0 +1,29 @@
+//! Built-in stage kinds. Adding a kind means adding one module and one line in `registry`.
+
+use std::sync::Arc;
+
+use crate::engine::stage::StageKind;
+
+pub mod caption_cli;
+pub mod cmd;
+pub mod features;
+pub mod ingest;
+pub mod report;
+pub mod score;
+pub mod synth;
+pub mod tokenize;
+
+/// Every built-in kind, by `kind:` name.
+pub fn registry() -> Vec<Arc<dyn StageKind>> {
+    let mut kinds: Vec<Arc<dyn StageKind>> = vec![Arc::new(cmd::Cmd)];
+    kinds.push(Arc::new(synth::Synth));
+    kinds.push(Arc::new(ingest::Ingest));
+    kinds.push(Arc::new(tokenize::Tokenize));
+    kinds.push(Arc::new(features::Features));
+    kinds.push(Arc::new(score::Score));
+    kinds.push(Arc::new(report::Report));
+    if std::env::var_os("PIPE_TEST_KINDS").is_some() {
+        kinds.push(Arc::new(cmd::TestConcat));
+    }
+    kinds
+}
