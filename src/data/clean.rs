@@ -136,7 +136,10 @@ mod tests {
     fn matches_the_keras_tutorial_cleaning() {
         assert_eq!(
             clean("A child in a pink dress is climbing up a set of stairs in an entry way ."),
-            ["child", "in", "pink", "dress", "is", "climbing", "up", "set", "of", "stairs", "in", "an", "entry", "way"]
+            [
+                "child", "in", "pink", "dress", "is", "climbing", "up", "set", "of", "stairs", "in", "an",
+                "entry", "way"
+            ]
         );
         assert_eq!(clean("A man's T-shirt , 2 dogs & 1 cat!"), ["mans", "tshirt", "dogs", "cat"]);
         assert_eq!(clean("  \t  "), Vec::<String>::new());

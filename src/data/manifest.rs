@@ -69,10 +69,8 @@ pub fn probe_images(
     images
         .par_iter()
         .map(|image| {
-            let result = probe_image(root, image).map_err(|err| Undecodable {
-                image: image.to_string(),
-                error: format!("{err:#}"),
-            });
+            let result = probe_image(root, image)
+                .map_err(|err| Undecodable { image: image.to_string(), error: format!("{err:#}") });
             on_done();
             result
         })

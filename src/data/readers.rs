@@ -98,8 +98,8 @@ pub fn detect_format(bytes: &[u8], source: &Path) -> Result<CaptionFormat> {
 }
 
 fn detect_json(bytes: &[u8], source: &Path) -> Result<CaptionFormat> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .with_context(|| format!("{}: invalid JSON", source.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).with_context(|| format!("{}: invalid JSON", source.display()))?;
     if value.get("annotations").is_some() {
         return Ok(CaptionFormat::Coco);
     }
@@ -107,10 +107,7 @@ fn detect_json(bytes: &[u8], source: &Path) -> Result<CaptionFormat> {
     if first_image.is_some_and(|image| image.get("sentences").is_some()) {
         return Ok(CaptionFormat::Karpathy);
     }
-    bail!(
-        "{}: JSON with neither `annotations` (COCO) nor `images[].sentences` (Karpathy)",
-        source.display()
-    )
+    bail!("{}: JSON with neither `annotations` (COCO) nor `images[].sentences` (Karpathy)", source.display())
 }
 
 /// Decides what a bad line costs: an error, or an entry in `bad_lines`.
@@ -134,7 +131,8 @@ impl Sink<'_> {
     }
 
     fn check_name(&self, location: impl FnOnce() -> String, image: &str) -> Result<()> {
-        check_image_name(image).map_err(|why| self.error(&location(), &format!("refused image name {image:?}: {why}")))
+        check_image_name(image)
+            .map_err(|why| self.error(&location(), &format!("refused image name {image:?}: {why}")))
     }
 }
 
@@ -154,9 +152,13 @@ type ChunkResult<'a> = Result<(Vec<CaptionRecord<'a>>, Vec<BadLine>)>;
 /// Parses a line-per-caption file in parallel chunks, keeping file order.
 fn parse_lines<'a>(bytes: &'a [u8], sink: &Sink, parse: LineParser) -> Result<ParsedCaptions<'a>> {
     let chunks = line_chunks(bytes, rayon::current_num_threads() * 4);
-    let results: Vec<ChunkResult<'a>> =
-        chunks.into_par_iter().map(|(first_line, chunk)| parse_chunk(chunk, first_line, sink, parse)).collect();
+    let results: Vec<ChunkResult<'a>> = chunks
+        .into_par_iter()
+        .map(|(first_line, chunk)| parse_chunk(chunk, first_line, sink, parse))
+        .collect();
     let mut parsed = ParsedCaptions { pos_label: "line", ..Default::default() };
+    let total = results.iter().map(|r| r.as_ref().map_or(0, |(records, _)| records.len())).sum();
+    parsed.records.reserve_exact(total);
     for result in results {
         let (records, bad) = result?;
         parsed.records.extend(records);
@@ -276,7 +278,8 @@ fn parse_kaggle_csv<'a>(bytes: &'a [u8], sink: &Sink) -> Result<ParsedCaptions<'
         }
         if let Some((image, caption)) = csv_fields(&row, line_no, sink, &mut parsed.bad_lines)? {
             let index = next_index.entry(image.clone()).or_insert(0);
-            let record = CaptionRecord { image: image.into(), index: *index, caption: caption.into(), pos: line_no };
+            let record =
+                CaptionRecord { image: image.into(), index: *index, caption: caption.into(), pos: line_no };
             *index += 1;
             parsed.records.push(record);
         }
@@ -464,7 +467,8 @@ mod tests {
         parsed.records.iter().map(|r| (r.image.to_string(), r.index, r.caption.to_string())).collect()
     }
 
-    const TOKEN: &[u8] = b"a.jpg#0\tA dog runs .\na.jpg#1\tA brown dog .\r\n\nb.jpg#0\tTwo cats , sleeping .\n";
+    const TOKEN: &[u8] =
+        b"a.jpg#0\tA dog runs .\na.jpg#1\tA brown dog .\r\n\nb.jpg#0\tTwo cats , sleeping .\n";
 
     #[test]
     fn reads_the_flickr8k_token_file() {
@@ -483,7 +487,8 @@ mod tests {
 
     #[test]
     fn reads_the_kaggle_csv_with_quotes() {
-        let text = b"image,caption\na.jpg,A dog runs .\na.jpg,\"A dog, brown , says \"\"hi\"\" .\"\nb.jpg,Cats .\n";
+        let text =
+            b"image,caption\na.jpg,A dog runs .\na.jpg,\"A dog, brown , says \"\"hi\"\" .\"\nb.jpg,Cats .\n";
         let (format, parsed) = parse(text, CaptionFormat::Auto, false).unwrap();
         assert_eq!(format, CaptionFormat::Csv);
         assert_eq!(
@@ -513,7 +518,10 @@ mod tests {
             "annotations": [{"image_id": 7, "id": 1, "caption": "A cat. "}, {"image_id": 7, "id": 2, "caption": "Cat"}]}"#;
         let (format, parsed) = parse(text, CaptionFormat::Auto, false).unwrap();
         assert_eq!(format, CaptionFormat::Coco);
-        assert_eq!(triples(&parsed), vec![("x.jpg".into(), 0, "A cat.".into()), ("x.jpg".into(), 1, "Cat".into())]);
+        assert_eq!(
+            triples(&parsed),
+            vec![("x.jpg".into(), 0, "A cat.".into()), ("x.jpg".into(), 1, "Cat".into())]
+        );
         assert!(parsed.splits.is_none());
     }
 

@@ -128,8 +128,8 @@ pub fn read_split_files(dir: &Path) -> Result<Option<SplitMap>> {
 }
 
 fn read_split_file(path: &Path, split: Split, map: &mut SplitMap) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading split file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading split file {}", path.display()))?;
     for (number, line) in text.lines().enumerate() {
         let image = line.trim();
         if image.is_empty() {
@@ -137,11 +137,7 @@ fn read_split_file(path: &Path, split: Split, map: &mut SplitMap) -> Result<()> 
         }
         if let Some(previous) = map.insert(image.to_string(), split) {
             if previous != split {
-                bail!(
-                    "{}:{}: image {image} is already in the {previous} split",
-                    path.display(),
-                    number + 1
-                );
+                bail!("{}:{}: image {image} is already in the {previous} split", path.display(), number + 1);
             }
         }
     }

@@ -308,7 +308,14 @@ fn size_word(size: Size, rng: &mut impl Rng) -> &'static str {
 }
 
 /// "small red circle" (size mentioned with probability `p_size`).
-fn bare_object(shape: Shape, colour: Colour, size: Size, plural: bool, p_size: f64, rng: &mut impl Rng) -> String {
+fn bare_object(
+    shape: Shape,
+    colour: Colour,
+    size: Size,
+    plural: bool,
+    p_size: f64,
+    rng: &mut impl Rng,
+) -> String {
     let mut words = Vec::with_capacity(3);
     if rng.random_bool(p_size) {
         words.push(size_word(size, rng));
@@ -331,7 +338,11 @@ fn place_phrase(col: usize, row: usize, rng: &mut impl Rng) -> String {
         (1, 1) => vec!["in the middle".into(), "in the center".into(), "at the center".into()],
         (_, 1) => vec![format!("on the {h}"), format!("on the {h} side"), format!("at the {h}")],
         (1, _) => vec![format!("at the {v}"), format!("near the {v}")],
-        _ => vec![format!("in the {v} {h} corner"), format!("at the {v} {h}"), format!("in the {upper} {h} corner")],
+        _ => vec![
+            format!("in the {v} {h} corner"),
+            format!("at the {v} {h}"),
+            format!("in the {upper} {h} corner"),
+        ],
     };
     choices.choose(rng).expect("non-empty").clone()
 }
@@ -344,8 +355,12 @@ fn side_phrase(side: Side, rng: &mut impl Rng) -> String {
         Side::Bottom => "bottom",
     };
     let choices: Vec<String> = match side {
-        Side::Left | Side::Right => vec![format!("on the {word}"), format!("on the {word} side"), format!("along the {word} side")],
-        Side::Top | Side::Bottom => vec![format!("at the {word}"), format!("along the {word}"), format!("near the {word}")],
+        Side::Left | Side::Right => {
+            vec![format!("on the {word}"), format!("on the {word} side"), format!("along the {word} side")]
+        }
+        Side::Top | Side::Bottom => {
+            vec![format!("at the {word}"), format!("along the {word}"), format!("near the {word}")]
+        }
     };
     choices.choose(rng).expect("non-empty").clone()
 }
@@ -539,9 +554,17 @@ fn encode(image: &RgbImage, config: &SynthConfig) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let (w, h) = image.dimensions();
     match config.format {
-        ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut bytes).write_image(image.as_raw(), w, h, ExtendedColorType::Rgb8)?,
-        ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, config.jpeg_quality)
-            .write_image(image.as_raw(), w, h, ExtendedColorType::Rgb8)?,
+        ImageFormat::Png => image::codecs::png::PngEncoder::new(&mut bytes).write_image(
+            image.as_raw(),
+            w,
+            h,
+            ExtendedColorType::Rgb8,
+        )?,
+        ImageFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut bytes,
+            config.jpeg_quality,
+        )
+        .write_image(image.as_raw(), w, h, ExtendedColorType::Rgb8)?,
     }
     Ok(bytes)
 }
@@ -570,7 +593,11 @@ pub fn generate_one(config: &SynthConfig, index: usize) -> (SynthImage, RgbImage
 
 /// Writes the whole data set under `out_dir`: `images/`, the token file and the three split
 /// files. `on_done` is called once per image written (for a progress bar).
-pub fn write_dataset(config: &SynthConfig, out_dir: &Path, on_done: impl Fn() + Sync) -> Result<Vec<SynthImage>> {
+pub fn write_dataset(
+    config: &SynthConfig,
+    out_dir: &Path,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<SynthImage>> {
     config.validate()?;
     let images_dir = out_dir.join(IMAGES_DIR);
     std::fs::create_dir_all(&images_dir).with_context(|| format!("creating {}", images_dir.display()))?;
@@ -587,7 +614,8 @@ pub fn write_dataset(config: &SynthConfig, out_dir: &Path, on_done: impl Fn() + 
         .collect::<Result<_>>()?;
     write_token_file(&out_dir.join(TOKEN_FILE), &images)?;
     for (split, file) in FLICKR8K_SPLIT_FILES {
-        let names: Vec<&str> = images.iter().filter(|im| im.split == split).map(|im| im.name.as_str()).collect();
+        let names: Vec<&str> =
+            images.iter().filter(|im| im.split == split).map(|im| im.name.as_str()).collect();
         write_split_file(&out_dir.join(file), &names)?;
     }
     Ok(images)
@@ -620,7 +648,9 @@ mod tests {
             .into_iter()
             .map(|e| e.unwrap())
             .filter(|e| e.file_type().is_file())
-            .map(|e| (e.path().strip_prefix(dir).unwrap().display().to_string(), std::fs::read(e.path()).unwrap()))
+            .map(|e| {
+                (e.path().strip_prefix(dir).unwrap().display().to_string(), std::fs::read(e.path()).unwrap())
+            })
             .collect();
         files.sort();
         files
@@ -663,7 +693,8 @@ mod tests {
         assert_eq!(lines.len(), 100);
         assert!(lines[0].starts_with("synth_00000.jpg#0\t"), "{}", lines[0]);
         assert!(lines[4].starts_with("synth_00000.jpg#4\t"));
-        let split_lines = |file: &str| std::fs::read_to_string(dir.path().join(file)).unwrap().lines().count();
+        let split_lines =
+            |file: &str| std::fs::read_to_string(dir.path().join(file)).unwrap().lines().count();
         assert_eq!(split_lines("Flickr_8k.trainImages.txt"), 16);
         assert_eq!(split_lines("Flickr_8k.devImages.txt"), 2);
         assert_eq!(split_lines("Flickr_8k.testImages.txt"), 2);
@@ -687,7 +718,8 @@ mod tests {
                 assert!((MIN_WORDS..=MAX_WORDS).contains(&words), "{caption:?}");
                 vocabulary.extend(cleaning.clean_words(caption));
             }
-            let lowered: HashSet<String> = captions.iter().map(|c| c.to_lowercase().replace(" .", "")).collect();
+            let lowered: HashSet<String> =
+                captions.iter().map(|c| c.to_lowercase().replace(" .", "")).collect();
             distinct_per_image += lowered.len();
         }
         assert!(vocabulary.len() < 90, "{} words: {vocabulary:?}", vocabulary.len());
@@ -716,7 +748,8 @@ mod tests {
 
     #[test]
     fn shapes_are_drawn_where_the_scene_says() {
-        let object = Object { shape: Shape::Square, colour: Colour::Red, size: Size::Large, x: 0.25, y: 0.75 };
+        let object =
+            Object { shape: Shape::Square, colour: Colour::Red, size: Size::Large, x: 0.25, y: 0.75 };
         let scene = Scene::Single { object, col: 0, row: 2 };
         let image = render(&scene, 96, &mut image_rng(0, 0));
         let centre = image.get_pixel(24, 72).0;

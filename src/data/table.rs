@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::{
-    Column, DataFrame, DataType, IntoColumn, IntoSeries, ListBuilderTrait, ListPrimitiveChunkedBuilder, ParquetReader,
-    ParquetWriter, SerReader, UInt32Type,
+    Column, DataFrame, DataType, IntoColumn, IntoSeries, ListBuilderTrait, ListPrimitiveChunkedBuilder,
+    ParquetReader, ParquetWriter, SerReader, UInt32Type,
 };
 
 /// Writes `frame` to `path` (zstd, polars' default; pyarrow reads it).
@@ -29,9 +29,7 @@ pub fn read_parquet(path: &Path) -> Result<DataFrame> {
 /// Checks that `frame` (read from `path`) has these columns with these types.
 pub fn require_columns(frame: &DataFrame, path: &Path, columns: &[(&str, DataType)]) -> Result<()> {
     for (name, expected) in columns {
-        let column = frame
-            .column(name)
-            .with_context(|| format!("{}: no column `{name}`", path.display()))?;
+        let column = frame.column(name).with_context(|| format!("{}: no column `{name}`", path.display()))?;
         if column.dtype() != expected {
             bail!("{}: column `{name}` is {}, expected {expected}", path.display(), column.dtype());
         }
@@ -56,8 +54,12 @@ pub fn u32_values(frame: &DataFrame, name: &str) -> Result<Vec<u32>> {
 /// A `List<UInt32>` column built from concatenated values and per-row lengths, without a
 /// Series per row.
 pub fn u32_list_column(name: &str, values: &[u32], lengths: &[usize]) -> Column {
-    let mut builder =
-        ListPrimitiveChunkedBuilder::<UInt32Type>::new(name.into(), lengths.len(), values.len(), DataType::UInt32);
+    let mut builder = ListPrimitiveChunkedBuilder::<UInt32Type>::new(
+        name.into(),
+        lengths.len(),
+        values.len(),
+        DataType::UInt32,
+    );
     let mut start = 0;
     for &len in lengths {
         builder.append_slice(&values[start..start + len]);
@@ -87,11 +89,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
         let tokens = u32_list_column("tokens", &[1, 2, 3, 4, 5], &[2, 0, 3]);
-        let mut frame = DataFrame::new_infer_height(vec![Column::new("name".into(), ["a", "b", "c"]), tokens]).unwrap();
+        let mut frame =
+            DataFrame::new_infer_height(vec![Column::new("name".into(), ["a", "b", "c"]), tokens]).unwrap();
         write_parquet(&mut frame, &path).unwrap();
         let back = read_parquet(&path).unwrap();
-        require_columns(&back, &path, &[("name", DataType::String), ("tokens", DataType::List(Box::new(DataType::UInt32)))])
-            .unwrap();
+        require_columns(
+            &back,
+            &path,
+            &[("name", DataType::String), ("tokens", DataType::List(Box::new(DataType::UInt32)))],
+        )
+        .unwrap();
         assert_eq!(str_values(&back, "name").unwrap(), ["a", "b", "c"]);
         assert_eq!(u32_list_values(&back, "tokens").unwrap(), vec![vec![1, 2], vec![], vec![3, 4, 5]]);
         let err = require_columns(&back, &path, &[("name", DataType::UInt32)]).unwrap_err().to_string();

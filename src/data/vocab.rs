@@ -109,17 +109,28 @@ impl Vocab {
     }
 
     fn from_tokens(tokens: Vec<String>, max_len: usize, min_count: u64, cleaning: Cleaning) -> Result<Vocab> {
-        let ids: FxHashMap<String, u32> = tokens.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
+        let ids: FxHashMap<String, u32> =
+            tokens.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
         let id = |word: &str| ids.get(word).copied().with_context(|| format!("vocabulary lacks {word:?}"));
         let (start_id, end_id) = (id(&cleaning.start_token)?, id(&cleaning.end_token)?);
-        let file = VocabFile { tokens, pad_id: PAD_ID, unk_id: UNK_ID, start_id, end_id, max_len, min_count, cleaning };
+        let file = VocabFile {
+            tokens,
+            pad_id: PAD_ID,
+            unk_id: UNK_ID,
+            start_id,
+            end_id,
+            max_len,
+            min_count,
+            cleaning,
+        };
         Ok(Vocab { file, ids })
     }
 
     /// Reads `vocab.json`.
     pub fn load(path: &Path) -> Result<Vocab> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: VocabFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let file: VocabFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Vocab::from_tokens(file.tokens, file.max_len, file.min_count, file.cleaning)
             .with_context(|| format!("{}", path.display()))
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 
@@ -177,7 +178,7 @@ pub fn train(
     let device = vs.device();
     let features = features.to_device(device);
     let (train_set, dev_set) = (train.to_device(device), dev.to_device(device));
-    let mut opt = nn::Adam::default().build(vs, opts.lr)?;
+    let mut opt = Stepper::new(vs, opts.lr)?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut plateau = Plateau::new(opts.lr, opts.lr_factor, opts.lr_patience);
     let (mut history, mut best, mut best_loss, mut bad) = (History::default(), None, f64::INFINITY, 0);
@@ -237,7 +238,7 @@ fn run_epoch(
     set: &CaptionSet,
     plan: &EpochPlan,
     opts: &TrainOptions,
-    mut opt: Option<&mut nn::Optimizer>,
+    mut opt: Option<&mut Stepper>,
     monitor: &mut dyn TrainMonitor,
 ) -> f64 {
     let train = opt.is_some();
@@ -334,6 +335,111 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
     for i in (1..items.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         items.swap(i, j);
+    }
+}
+
+/// The optimiser: Adam, fused on the CPU, torch's own elsewhere.
+enum Stepper {
+    Torch(nn::Optimizer),
+    Fused(FusedAdam),
+}
+
+impl Stepper {
+    fn new(vs: &nn::VarStore, lr: f64) -> Result<Self> {
+        match FusedAdam::new(vs, lr) {
+            Some(fused) => Ok(Self::Fused(fused)),
+            None => Ok(Self::Torch(nn::Adam::default().build(vs, lr)?)),
+        }
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        match self {
+            Self::Torch(opt) => opt.set_lr(lr),
+            Self::Fused(opt) => opt.lr = lr,
+        }
+    }
+
+    fn backward_step(&mut self, loss: &Tensor) {
+        match self {
+            Self::Torch(opt) => opt.backward_step(loss),
+            Self::Fused(opt) => opt.backward_step(loss),
+        }
+    }
+}
+
+/// Adam with PyTorch's update rule and defaults (β 0.9/0.999, ε 1e-8 added to the
+/// bias-corrected √v, no weight decay), done in one pass per parameter: p, g, m and v are
+/// read once, p, m and v written once, and g zeroed in the same pass. torch's CPU Adam
+/// makes about eight passes plus a zero_grad pass, which on two cores was a sixth of a
+/// training step. Used only when every variable is a contiguous f32 CPU tensor.
+pub struct FusedAdam {
+    params: Vec<Tensor>,
+    /// First and second moments, one buffer per parameter.
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    pub lr: f64,
+    steps: i32,
+}
+
+/// Elements per parallel work item of [`FusedAdam`].
+const ADAM_CHUNK: usize = 1 << 15;
+
+impl FusedAdam {
+    pub fn new(vs: &nn::VarStore, lr: f64) -> Option<Self> {
+        let params = vs.trainable_variables();
+        let fits = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+        if !params.iter().all(fits) {
+            return None;
+        }
+        let moments = params.iter().map(|p| (vec![0f32; p.numel()], vec![0f32; p.numel()])).collect();
+        Some(Self { params, moments, lr, steps: 0 })
+    }
+
+    pub fn backward_step(&mut self, loss: &Tensor) {
+        loss.backward();
+        self.steps += 1;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let step_size = (self.lr / (1.0 - b1.powi(self.steps))) as f32;
+        let inv_bc2_sqrt = (1.0 / (1.0 - b2.powi(self.steps)).sqrt()) as f32;
+        let k = AdamConstants { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, step_size, inv_bc2_sqrt };
+        for (param, (m, v)) in self.params.iter().zip(self.moments.iter_mut()) {
+            let grad = param.grad();
+            if !grad.defined() || !grad.is_contiguous() || grad.kind() != Kind::Float {
+                continue; // frozen, or unused in this graph
+            }
+            let n = param.numel();
+            // SAFETY: both tensors are contiguous f32 CPU tensors of `n` elements (checked
+            // in `new` and above), owned by the var store and the autograd engine, and no
+            // torch op runs on them while these slices live.
+            let (p, g) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(param.data_ptr() as *mut f32, n),
+                    std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n),
+                )
+            };
+            p.par_chunks_mut(ADAM_CHUNK)
+                .zip(g.par_chunks_mut(ADAM_CHUNK))
+                .zip(m.par_chunks_mut(ADAM_CHUNK).zip(v.par_chunks_mut(ADAM_CHUNK)))
+                .for_each(|((p, g), (m, v))| adam_update(p, g, m, v, &k));
+        }
+    }
+}
+
+struct AdamConstants {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    step_size: f32,
+    inv_bc2_sqrt: f32,
+}
+
+/// One chunk of the Adam update; zeroes the gradient it consumed.
+fn adam_update(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], k: &AdamConstants) {
+    for i in 0..p.len() {
+        let gi = g[i];
+        let mi = k.b1 * m[i] + (1.0 - k.b1) * gi;
+        let vi = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
+        p[i] -= k.step_size * mi / (vi.sqrt() * k.inv_bc2_sqrt + k.eps);
+        (m[i], v[i], g[i]) = (mi, vi, 0.0);
     }
 }
 
@@ -454,6 +560,31 @@ mod tests {
         assert_eq!(targets, lengths.iter().map(|l| l - 1).sum::<i64>());
         let grid: i64 = plan.batches.iter().map(|b| b.size * b.steps).sum();
         assert!((grid as f64) < 1.1 * targets as f64, "padding {grid} vs {targets}");
+    }
+
+    #[test]
+    fn fused_adam_matches_torch_adam() {
+        let _rng = torch_rng_lock();
+        let run = |fused: bool| {
+            tch::manual_seed(3);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = MergeDecoder::new(&tiny_config(), vs.root());
+            let (features, set) = tiny_data();
+            let mut opt = if fused { Stepper::Fused(FusedAdam::new(&vs, 0.01).unwrap()) } else {
+                Stepper::Torch(nn::Adam::default().build(&vs, 0.01).unwrap())
+            };
+            let plan = plan_epoch(&set.lengths, 5, None, Device::Cpu);
+            for _ in 0..5 {
+                let loss = batch_loss(&model, &features, &set, &plan, &plan.batches[0], false, 0.0);
+                opt.backward_step(&loss);
+            }
+            let mut w: Vec<_> = vs.variables().into_iter().collect();
+            w.sort_by(|a, b| a.0.cmp(&b.0));
+            Tensor::cat(&w.iter().map(|(_, t)| t.reshape([-1])).collect::<Vec<_>>(), 0)
+        };
+        let (a, b) = (run(true), run(false));
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max |fused − torch| = {diff}");
     }
 
     #[test]

@@ -191,7 +191,8 @@ pub fn ingest(
     on_image: &(dyn Fn() + Sync),
     on_total: &dyn Fn(usize),
 ) -> Result<IngestReport> {
-    let bytes = std::fs::read(inputs.captions).with_context(|| format!("reading {}", inputs.captions.display()))?;
+    let bytes =
+        std::fs::read(inputs.captions).with_context(|| format!("reading {}", inputs.captions.display()))?;
     let (format, parsed) = parse_captions(&bytes, params.format, inputs.captions, params.skip_bad_lines)?;
     let splits = SplitLookup::resolve(&parsed, inputs, params)?;
     let named = NamedImages::collect(&parsed);
@@ -200,18 +201,12 @@ pub fn ingest(
     on_total(present.len());
     let (manifest, undecodable) = split_probes(probe_images(inputs.images, &present, on_image));
 
-    let mut report = IngestReport {
-        format: format.as_str(),
-        captions_file: file_name(inputs.captions),
-        split_source: splits.source(),
-        ..Default::default()
-    };
     let usable: HashSet<&str> = manifest.iter().map(|e| e.image.as_str()).collect();
     let image_splits: Vec<Split> = named.names.iter().map(|name| splits.get(name)).collect();
     let kept = named.kept_rows(&usable);
     if kept.is_empty() {
         bail!(
-            "{}: no captions left: {} read, {} name a missing image, {} an undecodable one",
+            "{}: no captions left: {} read, {} of them name a missing image, {} images do not decode",
             inputs.captions.display(),
             parsed.records.len(),
             missing.iter().map(|&i| named.caption_counts[i]).sum::<usize>(),
@@ -221,11 +216,15 @@ pub fn ingest(
     write_parquet(&mut caption_frame(&parsed, &named, &kept, &image_splits)?, &out_dir.join(CAPTIONS_FILE))?;
     write_parquet(&mut manifest_frame(&manifest)?, &out_dir.join(IMAGES_FILE))?;
 
-    fill_report(&mut report, &parsed, &named, &missing, &kept, &image_splits, &folder);
-    report.counts.images_written = manifest.len();
-    report.counts.images_undecodable = undecodable.len();
-    report.counts.captions_undecodable_image = undecodable.iter().map(|u| named.caption_counts[named.ids[u.image.as_str()]]).sum();
-    report.undecodable_images = undecodable;
+    let mut report = IngestReport {
+        format: format.as_str(),
+        captions_file: file_name(inputs.captions),
+        split_source: splits.source(),
+        ..Default::default()
+    };
+    let outcome =
+        Outcome { missing, kept, image_splits, folder, images_written: manifest.len(), undecodable };
+    fill_report(&mut report, &parsed, &named, outcome);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out_dir.join(REPORT_FILE), json + "\n").context("writing ingest_report.json")?;
     Ok(report)
@@ -256,14 +255,18 @@ impl SplitLookup {
         };
         match (read_split_files(&dir)?, params.split_mode) {
             (Some(map), _) => Ok(SplitLookup::Files(map)),
-            (None, SplitMode::Files) => bail!("split_mode is `files` but {} has no Flickr_8k.*Images.txt", dir.display()),
+            (None, SplitMode::Files) => {
+                bail!("split_mode is `files` but {} has no Flickr_8k.*Images.txt", dir.display())
+            }
             (None, _) => Ok(SplitLookup::Hash(params.split_ratios)),
         }
     }
 
     fn get(&self, image: &str) -> Split {
         match self {
-            SplitLookup::Karpathy(map) | SplitLookup::Files(map) => map.get(image).copied().unwrap_or(Split::None),
+            SplitLookup::Karpathy(map) | SplitLookup::Files(map) => {
+                map.get(image).copied().unwrap_or(Split::None)
+            }
             SplitLookup::Hash(ratios) => hash_split(image, ratios),
         }
     }
@@ -348,7 +351,12 @@ fn split_probes(results: Vec<Result<ImageEntry, Undecodable>>) -> (Vec<ImageEntr
 }
 
 /// `captions.parquet`: image, caption_index, caption, split, in file order.
-fn caption_frame(parsed: &ParsedCaptions, named: &NamedImages, kept: &[usize], splits: &[Split]) -> Result<DataFrame> {
+fn caption_frame(
+    parsed: &ParsedCaptions,
+    named: &NamedImages,
+    kept: &[usize],
+    splits: &[Split],
+) -> Result<DataFrame> {
     let records = &parsed.records;
     let image: Vec<&str> = kept.iter().map(|&r| records[r].image.as_ref()).collect();
     let index: Vec<u32> = kept.iter().map(|&r| records[r].index).collect();
@@ -375,23 +383,31 @@ fn manifest_frame(entries: &[ImageEntry]) -> Result<DataFrame> {
     ])?)
 }
 
-fn fill_report(
-    report: &mut IngestReport,
-    parsed: &ParsedCaptions,
-    named: &NamedImages,
-    missing: &[usize],
-    kept: &[usize],
-    splits: &[Split],
-    folder: &HashSet<String>,
-) {
+/// What ingest found, beyond the parsed captions, for the report.
+struct Outcome {
+    /// Ids (in `NamedImages`) of images not in the folder.
+    missing: Vec<usize>,
+    kept: Vec<usize>,
+    image_splits: Vec<Split>,
+    folder: HashSet<String>,
+    images_written: usize,
+    undecodable: Vec<Undecodable>,
+}
+
+fn fill_report(report: &mut IngestReport, parsed: &ParsedCaptions, named: &NamedImages, outcome: Outcome) {
     let counts = &mut report.counts;
     counts.captions_read = parsed.records.len();
-    counts.captions_written = kept.len();
+    counts.captions_written = outcome.kept.len();
     counts.bad_lines = parsed.bad_lines.len();
     counts.images_named = named.names.len();
-    counts.images_missing = missing.len();
-    counts.captions_missing_image = missing.iter().map(|&id| named.caption_counts[id]).sum();
-    report.missing_images = missing
+    counts.images_written = outcome.images_written;
+    counts.images_missing = outcome.missing.len();
+    counts.captions_missing_image = outcome.missing.iter().map(|&id| named.caption_counts[id]).sum();
+    counts.images_undecodable = outcome.undecodable.len();
+    counts.captions_undecodable_image =
+        outcome.undecodable.iter().map(|u| named.caption_counts[named.ids[u.image.as_str()]]).sum();
+    report.missing_images = outcome
+        .missing
         .iter()
         .map(|&id| MissingImage {
             image: named.names[id].to_string(),
@@ -399,14 +415,19 @@ fn fill_report(
             first_seen: parsed.describe_pos(parsed.records[named.first_record[id]].pos),
         })
         .collect();
-    let mut without: Vec<String> =
-        folder.iter().filter(|f| is_image_name(f) && !named.ids.contains_key(f.as_str())).cloned().collect();
+    let images_in_folder: Vec<&String> = outcome.folder.iter().filter(|f| is_image_name(f)).collect();
+    let mut without: Vec<String> = images_in_folder
+        .iter()
+        .filter(|f| !named.ids.contains_key(f.as_str()))
+        .map(|f| f.to_string())
+        .collect();
     without.sort_unstable();
-    counts.images_in_folder = folder.iter().filter(|f| is_image_name(f)).count();
+    counts.images_in_folder = images_in_folder.len();
     counts.images_without_captions = without.len();
     report.images_without_captions = without;
     report.bad_lines = parsed.bad_lines.clone();
-    report.splits = split_counts(named, kept, splits);
+    report.splits = split_counts(named, &outcome.kept, &outcome.image_splits);
+    report.undecodable_images = outcome.undecodable;
 }
 
 fn split_counts(named: &NamedImages, kept: &[usize], splits: &[Split]) -> BTreeMap<String, SplitCount> {
@@ -477,7 +498,8 @@ pub(crate) mod tests {
         serde_json::from_slice(&std::fs::read(out.join(REPORT_FILE)).unwrap()).unwrap()
     }
 
-    const TOKEN: &[u8] = b"a.png#0\tA dog .\na.png#1\tA brown dog .\nb.png#0\tTwo cats .\nc.png#0\tA bird .\n";
+    const TOKEN: &[u8] =
+        b"a.png#0\tA dog .\na.png#1\tA brown dog .\nb.png#0\tTwo cats .\nc.png#0\tA bird .\n";
 
     #[test]
     fn token_file_to_parquet_with_split_files() {
@@ -490,7 +512,12 @@ pub(crate) mod tests {
         require_columns(
             &frame,
             &path,
-            &[("image", DataType::String), ("caption_index", DataType::UInt32), ("caption", DataType::String), ("split", DataType::String)],
+            &[
+                ("image", DataType::String),
+                ("caption_index", DataType::UInt32),
+                ("caption", DataType::String),
+                ("split", DataType::String),
+            ],
         )
         .unwrap();
         assert_eq!(str_values(&frame, "image").unwrap(), ["a.png", "a.png", "b.png", "c.png"]);
@@ -515,7 +542,8 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(str_values(&manifest, "image").unwrap(), ["a.png", "b.png", "c.png"]);
         assert_eq!(u32_values(&manifest, "width").unwrap(), [4, 4, 4]);
-        let hash = blake3::hash(&std::fs::read(dir.path().join("images/a.png")).unwrap()).to_hex().to_string();
+        let hash =
+            blake3::hash(&std::fs::read(dir.path().join("images/a.png")).unwrap()).to_hex().to_string();
         assert_eq!(str_values(&manifest, "content_hash").unwrap()[0], hash);
 
         let report = report_json(&out);
@@ -554,7 +582,8 @@ pub(crate) mod tests {
     #[test]
     fn karpathy_splits_and_hash_splits() {
         let dir = tempfile::tempdir().unwrap();
-        let karpathy = br#"{"images": [{"filename": "a.png", "split": "val", "sentences": [{"raw": "A dog"}]}]}"#;
+        let karpathy =
+            br#"{"images": [{"filename": "a.png", "split": "val", "sentences": [{"raw": "A dog"}]}]}"#;
         let out = run(dir.path(), ("dataset.json", karpathy), json!({})).unwrap();
         assert_eq!(report_json(&out)["split_source"], "karpathy");
         assert_eq!(str_values(&read_parquet(&out.join(CAPTIONS_FILE)).unwrap(), "split").unwrap(), ["dev"]);
@@ -577,7 +606,10 @@ pub(crate) mod tests {
         let text = b"a.png#0\tA dog .\nghost.jpg#0\tNothing .\nghost.jpg#1\tStill nothing .\ncorrupt.jpg#0\tBroken .\n";
         let out = run(dir.path(), ("t.txt", text), json!({})).unwrap();
         let report = report_json(&out);
-        assert_eq!(report["missing_images"], json!([{"image": "ghost.jpg", "captions": 2, "first_seen": "line 2"}]));
+        assert_eq!(
+            report["missing_images"],
+            json!([{"image": "ghost.jpg", "captions": 2, "first_seen": "line 2"}])
+        );
         assert_eq!(report["undecodable_images"][0]["image"], "corrupt.jpg");
         assert_eq!(report["counts"]["captions_missing_image"], 2);
         assert_eq!(report["counts"]["captions_undecodable_image"], 1);
@@ -590,7 +622,8 @@ pub(crate) mod tests {
         for name in ["../secret.png", "/etc/passwd"] {
             let dir = tempfile::tempdir().unwrap();
             let text = format!("a.png#0\tA dog .\n{name}#0\tSneaky .\n");
-            let err = run(dir.path(), ("t.txt", text.as_bytes()), json!({"skip_bad_lines": true})).unwrap_err();
+            let err =
+                run(dir.path(), ("t.txt", text.as_bytes()), json!({"skip_bad_lines": true})).unwrap_err();
             let message = format!("{err:#}");
             assert!(message.contains("t.txt: line 2: refused image name"), "{message}");
         }
@@ -613,7 +646,8 @@ pub(crate) mod tests {
     #[test]
     fn empty_result_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let message = format!("{:#}", run(dir.path(), ("t.txt", b"ghost.png#0\tNo image .\n"), json!({})).unwrap_err());
+        let message =
+            format!("{:#}", run(dir.path(), ("t.txt", b"ghost.png#0\tNo image .\n"), json!({})).unwrap_err());
         assert!(message.contains("no captions left"), "{message}");
         let dir = tempfile::tempdir().unwrap();
         assert!(run(dir.path(), ("t.txt", b"\n\n"), json!({})).is_err());

@@ -205,7 +205,7 @@ fn copy_image(images: &Path, name: &str, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Train and dev loss per epoch as an SVG line chart.
+/// Train and dev loss per epoch as an SVG line chart, with the best epoch marked.
 pub fn loss_chart(history: &LossHistory) -> Result<String> {
     let train: Vec<(f64, f64)> = history.epochs.iter().map(|e| (e.epoch as f64, e.train_loss)).collect();
     let dev: Vec<(f64, f64)> =
@@ -223,8 +223,24 @@ pub fn loss_chart(history: &LossHistory) -> Result<String> {
             .y_label_area_size(56)
             .build_cartesian_2d(x_min..x_max, y_min..y_max)
             .map_err(plot_error)?;
-        chart.configure_mesh().x_desc("epoch").y_desc("loss").draw().map_err(plot_error)?;
-        for (name, points, color) in [("train", &train, BLUE), ("dev", &dev, RED)] {
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .x_labels(train.len().clamp(2, 10))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_desc("epoch")
+            .y_desc("loss")
+            .draw()
+            .map_err(plot_error)?;
+        let best: Vec<(f64, f64)> = history
+            .best_epoch
+            .map(|e| e as f64)
+            .filter(|e| (x_min..=x_max).contains(e))
+            .map(|e| vec![(e, y_min), (e, y_max)])
+            .unwrap_or_default();
+        for (name, points, color) in
+            [("train", &train, BLUE), ("dev", &dev, RED), ("best epoch", &best, GREEN)]
+        {
             if points.is_empty() {
                 continue;
             }
@@ -503,43 +519,5 @@ mod tests {
         let normalized = Report.normalize_params(&Value::Null).unwrap();
         assert_eq!(normalized, serde_json::json!({"gallery": 12, "split": "test", "title": "pipe report"}));
         assert!(Report.normalize_params(&serde_json::json!({"galery": 3})).is_err());
-    }
-}
-
-#[cfg(test)]
-mod demo_tmp {
-    use super::*;
-    use crate::data::table::write_parquet;
-    use polars::prelude::*;
-
-    #[test]
-    fn demo_report() {
-        let dir = std::path::Path::new("/tmp/report-demo");
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).unwrap();
-        let fixture = crate::metrics::fixture::load();
-        let case = fixture.cases.iter().find(|c| c.name == "normal").unwrap();
-        let mut hyps = DataFrame::new_infer_height(vec![
-            Column::new("image".into(), case.images.iter().map(|i| i.image.clone()).collect::<Vec<_>>()),
-            Column::new("caption".into(), case.images.iter().map(|i| i.hypothesis.clone()).collect::<Vec<_>>()),
-            Column::new("log_prob".into(), case.images.iter().map(|_| -7.25).collect::<Vec<f64>>()),
-        ]).unwrap();
-        write_parquet(&mut hyps, &dir.join("hyps.parquet")).unwrap();
-        let rows: Vec<(String, u32, String)> = case.images.iter().flat_map(|i| i.references.iter().enumerate().map(|(k, r)| (i.image.clone(), k as u32, r.clone()))).collect();
-        let mut refs = DataFrame::new_infer_height(vec![
-            Column::new("image".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
-            Column::new("caption_index".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>()),
-            Column::new("caption".into(), rows.iter().map(|r| r.2.clone()).collect::<Vec<_>>()),
-            Column::new("split".into(), rows.iter().map(|_| "test").collect::<Vec<_>>()),
-        ]).unwrap();
-        write_parquet(&mut refs, &dir.join("refs.parquet")).unwrap();
-        let sets = crate::stages::score::score_files(&dir.join("hyps.parquet"), &dir.join("refs.parquet"), &Default::default()).unwrap();
-        crate::stages::score::write_metrics(&sets, dir).unwrap();
-        let epochs: Vec<Value> = (1..=20).map(|e| serde_json::json!({"epoch": e, "train_loss": 5.0 / (e as f64).sqrt(), "dev_loss": 4.0 / (e as f64).sqrt() + 0.02 * e as f64, "lr": 0.001, "seconds": 20.0, "dev_seconds": 1.0})).collect();
-        std::fs::write(dir.join("history.json"), serde_json::json!({"epochs": epochs, "best_epoch": 12}).to_string()).unwrap();
-        let images = std::path::Path::new("/work/shared/flickr8k/images");
-        let inputs = ReportInputs { metrics: &dir.join("metrics.json"), history: &dir.join("history.json"), hypotheses: &dir.join("hyps.parquet"), references: &dir.join("refs.parquet"), images };
-        let lineage = vec![LineageEntry { stage: "train".into(), kind: "train".into(), fingerprint: "ab".repeat(32), seconds: 421.0, cached: false }];
-        write_report(&inputs, &ReportParams { gallery: 6, ..Default::default() }, &lineage, &dir.join("report")).unwrap();
     }
 }

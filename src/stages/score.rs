@@ -60,7 +60,10 @@ impl StageKind for Score {
     }
 
     fn inputs(&self) -> Option<&'static [InputSpec]> {
-        Some(&[InputSpec { name: "hypotheses", required: true }, InputSpec { name: "references", required: true }])
+        Some(&[
+            InputSpec { name: "hypotheses", required: true },
+            InputSpec { name: "references", required: true },
+        ])
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {

@@ -15,7 +15,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::data::clean::Cleaning;
+use crate::data::clean::{words, Cleaning};
+use crate::data::fxhash::FxHashMap;
 use crate::data::split::Split;
 use crate::data::table::{read_parquet, require_columns, str_values, u32_list_column, write_parquet};
 use crate::data::vocab::{Vocab, WordCounts, UNK_ID};
@@ -146,10 +147,12 @@ pub fn tokenize(captions_path: &Path, params: &TokenizeParams, out_dir: &Path) -
     let is_train = train_mask(&str_values(&frame, "split")?, captions_path)?;
     let cleaning = params.cleaning();
 
-    let counts = count_train_words(&captions, &is_train, &cleaning);
+    let chunks = clean_chunks(&captions, &is_train, &cleaning);
+    let counts = train_counts(&chunks);
     let vocab = Vocab::build(&counts, params.min_count, &cleaning)
         .with_context(|| format!("{}: building the vocabulary", captions_path.display()))?;
-    let (values, lengths) = encode_all(&captions, &vocab);
+    let (values, lengths) = encode_chunks(&chunks, &vocab);
+    drop(chunks);
 
     let mut tokens = DataFrame::new_infer_height(vec![
         frame.column("image")?.clone(),
@@ -182,41 +185,108 @@ fn train_mask(splits: &[&str], path: &Path) -> Result<Vec<bool>> {
         .collect()
 }
 
-/// Counts words of train captions, in parallel chunks merged at the end.
-fn count_train_words(captions: &[&str], is_train: &[bool], cleaning: &Cleaning) -> WordCounts {
+/// A chunk of captions cleaned once, its words numbered in a chunk-local dictionary. Each
+/// word occurrence is hashed once; counting and encoding then work on small integers, and
+/// only the few thousand distinct words per chunk are looked up in the vocabulary.
+#[derive(Debug, Default)]
+struct CleanChunk {
+    /// Local id → word.
+    words: Vec<String>,
+    /// Local id → occurrences in this chunk's train captions.
+    train_counts: Vec<u64>,
+    /// The local ids of every caption's words, concatenated.
+    local_ids: Vec<u32>,
+    /// Words per caption.
+    lengths: Vec<usize>,
+    train_captions: u64,
+    /// Longest train caption in tokens, start and end included.
+    max_train_len: usize,
+}
+
+impl CleanChunk {
+    fn clean(captions: &[&str], is_train: &[bool], cleaning: &Cleaning) -> CleanChunk {
+        let mut chunk = CleanChunk::default();
+        let mut local: FxHashMap<String, u32> = FxHashMap::default();
+        let mut buf = String::new();
+        for (caption, &train) in captions.iter().zip(is_train) {
+            cleaning.clean_into(caption, &mut buf);
+            let before = chunk.local_ids.len();
+            for word in words(&buf) {
+                let id = chunk.local_id(&mut local, word);
+                chunk.local_ids.push(id);
+                chunk.train_counts[id as usize] += u64::from(train);
+            }
+            let len = chunk.local_ids.len() - before;
+            chunk.lengths.push(len);
+            if train {
+                chunk.train_captions += 1;
+                chunk.max_train_len = chunk.max_train_len.max(len + 2);
+            }
+        }
+        chunk
+    }
+
+    fn local_id(&mut self, local: &mut FxHashMap<String, u32>, word: &str) -> u32 {
+        if let Some(&id) = local.get(word) {
+            return id;
+        }
+        let id = self.words.len() as u32;
+        local.insert(word.to_string(), id);
+        self.words.push(word.to_string());
+        self.train_counts.push(0);
+        id
+    }
+}
+
+/// Cleans all captions in parallel chunks, in order.
+fn clean_chunks(captions: &[&str], is_train: &[bool], cleaning: &Cleaning) -> Vec<CleanChunk> {
     captions
         .par_chunks(CHUNK)
         .zip(is_train.par_chunks(CHUNK))
-        .map(|(chunk, train)| {
-            let (mut counts, mut buf) = (WordCounts::default(), String::new());
-            for (caption, _) in chunk.iter().zip(train).filter(|(_, &t)| t) {
-                cleaning.clean_into(caption, &mut buf);
-                counts.add(&buf);
-            }
-            counts
-        })
-        .reduce(WordCounts::default, WordCounts::merge)
+        .map(|(captions, train)| CleanChunk::clean(captions, train, cleaning))
+        .collect()
 }
 
-/// Encodes every caption; returns the concatenated ids and each caption's length.
-fn encode_all(captions: &[&str], vocab: &Vocab) -> (Vec<u32>, Vec<usize>) {
-    let cleaning = &vocab.file.cleaning;
-    let chunks: Vec<(Vec<u32>, Vec<usize>)> = captions
-        .par_chunks(CHUNK)
-        .map(|chunk| {
-            let (mut values, mut lengths, mut buf) = (Vec::with_capacity(chunk.len() * 14), Vec::new(), String::new());
-            for caption in chunk {
-                cleaning.clean_into(caption, &mut buf);
-                let before = values.len();
-                vocab.encode_into(&buf, &mut values);
-                lengths.push(values.len() - before);
+/// Train word counts over all chunks.
+fn train_counts(chunks: &[CleanChunk]) -> WordCounts {
+    let mut counts = WordCounts::default();
+    for chunk in chunks {
+        for (word, &n) in chunk.words.iter().zip(&chunk.train_counts).filter(|(_, &n)| n > 0) {
+            match counts.counts.get_mut(word.as_str()) {
+                Some(total) => *total += n,
+                None => {
+                    counts.counts.insert(word.clone(), n);
+                }
             }
-            (values, lengths)
+        }
+        counts.captions += chunk.train_captions;
+        counts.max_len = counts.max_len.max(chunk.max_train_len);
+    }
+    counts
+}
+
+/// Token ids of every caption, start and end included: the concatenated ids and each
+/// caption's length.
+fn encode_chunks(chunks: &[CleanChunk], vocab: &Vocab) -> (Vec<u32>, Vec<usize>) {
+    let (start_id, end_id) = (vocab.file.start_id, vocab.file.end_id);
+    let encoded: Vec<(Vec<u32>, Vec<usize>)> = chunks
+        .par_iter()
+        .map(|chunk| {
+            let global: Vec<u32> = chunk.words.iter().map(|w| vocab.id(w)).collect();
+            let mut values = Vec::with_capacity(chunk.local_ids.len() + 2 * chunk.lengths.len());
+            let mut start = 0;
+            for &len in &chunk.lengths {
+                values.push(start_id);
+                values.extend(chunk.local_ids[start..start + len].iter().map(|&l| global[l as usize]));
+                values.push(end_id);
+                start += len;
+            }
+            (values, chunk.lengths.iter().map(|len| len + 2).collect())
         })
         .collect();
-    let mut values = Vec::with_capacity(chunks.iter().map(|c| c.0.len()).sum());
-    let mut lengths = Vec::with_capacity(captions.len());
-    for (chunk_values, chunk_lengths) in chunks {
+    let mut values = Vec::with_capacity(encoded.iter().map(|c| c.0.len()).sum());
+    let mut lengths = Vec::new();
+    for (chunk_values, chunk_lengths) in encoded {
         values.extend(chunk_values);
         lengths.extend(chunk_lengths);
     }
@@ -342,18 +412,28 @@ mod tests {
     }
 
     #[test]
-    fn parallel_encoding_keeps_row_order() {
-        let captions: Vec<String> = (0..10_000).map(|i| format!("dog number {}", if i % 2 == 0 { "even" } else { "odd" })).collect();
+    fn chunked_encoding_matches_the_plain_encoder_in_row_order() {
+        let captions: Vec<String> = (0..10_000)
+            .map(|i| format!("A dog number {} , word{} .", if i % 2 == 0 { "even" } else { "odd" }, i % 700))
+            .collect();
         let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let mask = vec![true; refs.len()];
-        let counts = count_train_words(&refs, &mask, &Cleaning::default());
-        assert_eq!(counts.captions, 10_000);
-        let vocab = Vocab::build(&counts, 1, &Cleaning::default()).unwrap();
-        let (values, lengths) = encode_all(&refs, &vocab);
-        assert_eq!(lengths.len(), 10_000);
-        let (even, odd) = (vocab.id("even"), vocab.id("odd"));
-        for (row, chunk) in values.chunks(5).enumerate() {
-            assert_eq!(chunk[3], if row % 2 == 0 { even } else { odd });
+        let is_train: Vec<bool> = (0..refs.len()).map(|i| i % 3 != 0).collect();
+        let cleaning = Cleaning::default();
+        let chunks = clean_chunks(&refs, &is_train, &cleaning);
+        assert!(chunks.len() > 1);
+        let counts = train_counts(&chunks);
+        assert_eq!(counts.captions, is_train.iter().filter(|&&t| t).count() as u64);
+        assert_eq!(counts.counts["dog"], counts.captions);
+        let vocab = Vocab::build(&counts, 5, &cleaning).unwrap();
+        let (values, lengths) = encode_chunks(&chunks, &vocab);
+        let (mut start, mut buf, mut expected) = (0, String::new(), Vec::new());
+        for (caption, &len) in refs.iter().zip(&lengths) {
+            cleaning.clean_into(caption, &mut buf);
+            expected.clear();
+            vocab.encode_into(&buf, &mut expected);
+            assert_eq!(values[start..start + len], expected[..], "{caption}");
+            start += len;
         }
+        assert_eq!(start, values.len());
     }
 }
