@@ -25,6 +25,9 @@ pub struct DecodeOptions {
     pub banned: Vec<i64>,
     /// Most tokens generated per image, endseq included (the peer uses 34).
     pub max_steps: usize,
+    /// Never repeat an n-gram of this many words within a caption (0 = off). Merge models
+    /// tend to loop ("in the water in the water"); 3 is the usual choice.
+    pub block_repeats: usize,
 }
 
 /// One decoded caption: word ids without startseq/endseq, and its summed log-probability
@@ -47,7 +50,9 @@ pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> 
     let mut tokens = Tensor::full([batch as i64], opts.start_id, (Kind::Int64, features.device()));
     for _ in 0..opts.max_steps {
         let (lp, next) = model.step(&tokens, &m, &state);
-        let (best, words) = (lp + &ban).max_dim(1, false);
+        let lp = lp + &ban;
+        let lp = block_repeats(lp, rows.iter().map(|&image| out[image].tokens.as_slice()), opts.block_repeats);
+        let (best, words) = lp.max_dim(1, false);
         let best = Vec::<f32>::try_from(best.to_device(tch::Device::Cpu))?;
         let words = Vec::<i64>::try_from(words.to_device(tch::Device::Cpu))?;
         let mut keep = Vec::with_capacity(rows.len());
@@ -108,7 +113,10 @@ pub fn beam_search(
         let (lp, next) = model.step(&tokens, &m, &state);
         // Scores add up in f64, so a long prefix's sum does not round two candidates'
         // different f32 log-probs into a tie (width 1 then ranks exactly as greedy does).
-        let cand = (lp + &ban).to_kind(Kind::Double) + &scores; // (R, V)
+        let lp = lp + &ban;
+        let live = active.iter().flat_map(|&image| beams[image].live.iter().map(|(w, _)| w.as_slice()));
+        let lp = block_repeats(lp, live, opts.block_repeats);
+        let cand = lp.to_kind(Kind::Double) + &scores; // (R, V)
         let (top_scores, top_index) = top_per_image(&cand, &beams, &active, width, vocab)?;
         let plan = advance(&mut beams, &active, &top_scores, &top_index, width, vocab, opts.end_id);
         active = plan.active;
@@ -216,6 +224,37 @@ fn pick(beam: Beam, length_norm: bool) -> Hypothesis {
     Hypothesis { tokens, log_prob: score }
 }
 
+/// Sets log-probs (R, V) to -inf where the row's next word would repeat an n-gram of
+/// `n` words already in it; `rows` gives each row's words so far.
+fn block_repeats<'a>(mut lp: Tensor, rows: impl Iterator<Item = &'a [i64]>, n: usize) -> Tensor {
+    if n == 0 {
+        return lp;
+    }
+    let (mut at_row, mut at_word) = (Vec::new(), Vec::new());
+    for (r, words) in rows.enumerate() {
+        for word in repeated_continuations(words, n) {
+            at_row.push(r as i64);
+            at_word.push(word);
+        }
+    }
+    if !at_row.is_empty() {
+        let device = lp.device();
+        let index = [Some(Tensor::from_slice(&at_row).to_device(device)), Some(Tensor::from_slice(&at_word).to_device(device))];
+        let minus_inf = Tensor::from_slice(&[f32::NEG_INFINITY]).to_device(device);
+        lp = lp.index_put(&index, &minus_inf, false);
+    }
+    lp
+}
+
+/// The words that would complete an n-gram already in `words` (n ≥ 1).
+fn repeated_continuations(words: &[i64], n: usize) -> Vec<i64> {
+    if words.len() < n {
+        return Vec::new();
+    }
+    let prefix = &words[words.len() + 1 - n..];
+    (0..=words.len() - n).filter(|&i| words[i..i + n - 1] == *prefix).map(|i| words[i + n - 1]).collect()
+}
+
 /// (V,) with -inf at banned ids and 0 elsewhere, added to log-probs.
 fn ban_vector(model: &MergeDecoder, opts: &DecodeOptions, device: tch::Device) -> Tensor {
     let mut ban = vec![0f32; model.cfg.vocab_size as usize];
@@ -249,7 +288,7 @@ mod tests {
     }
 
     fn opts() -> DecodeOptions {
-        DecodeOptions { start_id: 2, end_id: 3, banned: vec![0, 1, 2], max_steps: 11 }
+        DecodeOptions { start_id: 2, end_id: 3, banned: vec![0, 1, 2], max_steps: 11, block_repeats: 0 }
     }
 
     #[test]
@@ -264,6 +303,22 @@ mod tests {
             assert_eq!(g, bn, "seed {seed}");
             assert!(g.iter().all(|h| h.tokens.iter().all(|&t| t > 2)));
         }
+    }
+
+    #[test]
+    fn blocked_repeats_never_appear() {
+        let (_rng, _vs, dec) = model(0);
+        let feats = Tensor::randn([17, 10], (Kind::Float, Device::Cpu)) * 3.0;
+        let o = DecodeOptions { block_repeats: 2, ..opts() };
+        let g = greedy(&dec, &feats, &o).unwrap();
+        assert_eq!(g, beam_search(&dec, &feats, &o, 1, false).unwrap());
+        for h in g.iter().chain(&beam_search(&dec, &feats, &o, 4, true).unwrap()) {
+            let pairs: Vec<_> = h.tokens.windows(2).collect();
+            let distinct: std::collections::HashSet<_> = pairs.iter().collect();
+            assert_eq!(pairs.len(), distinct.len(), "{:?}", h.tokens);
+        }
+        assert_eq!(repeated_continuations(&[5, 6, 7, 5, 6], 3), [7]);
+        assert_eq!(repeated_continuations(&[5, 5], 1), [5, 5]);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct CaptionParams {
     pub length_norm: bool,
     /// Most tokens generated per image, endseq included; default the model's max_len − 1.
     pub max_len: Option<usize>,
+    /// Never repeat an n-gram of this many words in a caption (0 = off, as in the peer).
+    pub block_repeats: usize,
     /// Archive mode: images per part file (and per backbone pass).
     pub chunk_size: usize,
     /// Images decoded together (each is `beam_width` LSTM rows).
@@ -74,6 +76,7 @@ impl Default for CaptionParams {
             beam_width: 5,
             length_norm: true,
             max_len: None,
+            block_repeats: 0,
             chunk_size: 1024,
             batch_size: 512,
             backbone_batch: 32,
@@ -97,6 +100,7 @@ impl CaptionParams {
             beam_width: self.beam_width,
             length_norm: self.length_norm,
             max_len: self.max_len,
+            block_repeats: self.block_repeats,
             batch_size: self.batch_size,
         }
     }
@@ -109,6 +113,7 @@ pub struct DecodeSettings {
     pub beam_width: usize,
     pub length_norm: bool,
     pub max_len: Option<usize>,
+    pub block_repeats: usize,
     pub batch_size: usize,
 }
 
@@ -217,6 +222,7 @@ impl CaptionModel {
             end_id: f.end_id as i64,
             banned: vec![f.pad_id as i64, f.unk_id as i64, f.start_id as i64],
             max_steps: settings.max_len.unwrap_or(default_steps),
+            block_repeats: settings.block_repeats,
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::engine::stage::StageKind;
 
+pub mod caption;
 pub mod caption_cli;
 pub mod cmd;
 pub mod features;
@@ -12,6 +13,7 @@ pub mod report;
 pub mod score;
 pub mod synth;
 pub mod tokenize;
+pub mod train;
 
 /// Every built-in kind, by `kind:` name.
 pub fn registry() -> Vec<Arc<dyn StageKind>> {
@@ -20,6 +22,8 @@ pub fn registry() -> Vec<Arc<dyn StageKind>> {
     kinds.push(Arc::new(ingest::Ingest));
     kinds.push(Arc::new(tokenize::Tokenize));
     kinds.push(Arc::new(features::Features));
+    kinds.push(Arc::new(train::Train));
+    kinds.push(Arc::new(caption::Caption));
     kinds.push(Arc::new(score::Score));
     kinds.push(Arc::new(report::Report));
     if std::env::var_os("PIPE_TEST_KINDS").is_some() {

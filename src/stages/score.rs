@@ -95,6 +95,17 @@ pub struct MetricsReport {
     pub bleu_3: f64,
     pub bleu_4: f64,
     pub cider_d: f64,
+    /// The same scores for a trivial captioner that always emits the most frequent
+    /// training caption: the bar a trained model has to clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub caption: String,
+    pub bleu: [f64; 4],
+    pub cider_d: f64,
 }
 
 impl MetricsReport {
@@ -110,6 +121,7 @@ impl MetricsReport {
             bleu_3,
             bleu_4,
             cider_d: scores.cider_d,
+            baseline: None,
         }
     }
 
@@ -146,7 +158,30 @@ pub fn score_files(hypotheses: &Path, references: &Path, params: &ScoreParams) -
     let sets = pair_up(hyps, refs)
         .with_context(|| format!("scoring {} against {}", hypotheses.display(), references.display()))?;
     let scores = metrics::score(&sets, params.convention)?;
-    Ok(MetricsReport::new(scores, params.split))
+    let mut report = MetricsReport::new(scores, params.split);
+    report.baseline = most_frequent_caption_baseline(references, &sets, params.convention)?;
+    Ok(report)
+}
+
+/// Scores "always say the most frequent training caption" on the same images and references.
+fn most_frequent_caption_baseline(
+    references: &Path,
+    sets: &[CaptionSet],
+    convention: Convention,
+) -> Result<Option<Baseline>> {
+    let train = read_references(references, Split::Train)?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for caption in train.values().flatten() {
+        *counts.entry(caption.trim().to_lowercase()).or_default() += 1;
+    }
+    // Ties go to the alphabetically first caption, so the baseline is deterministic.
+    let Some((caption, _)) = counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))) else {
+        return Ok(None);
+    };
+    let trivial: Vec<CaptionSet> =
+        sets.iter().map(|set| CaptionSet { hypothesis: caption.clone(), ..set.clone() }).collect();
+    let scores = metrics::score(&trivial, convention)?;
+    Ok(Some(Baseline { caption, bleu: scores.bleu, cider_d: scores.cider_d }))
 }
 
 /// Writes `metrics.json` and `metrics.md` into `out_dir`.
