@@ -20,7 +20,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let images = positional(&args).map_or_else(|| root.join("../shared/flickr8k/images"), PathBuf::from);
-    let backbone = flag(&args, "--backbone").map_or_else(|| root.join("data/models/efficientnet_lite0"), PathBuf::from);
+    let backbone =
+        flag(&args, "--backbone").map_or_else(|| root.join("data/models/efficientnet_lite0"), PathBuf::from);
     let device: DeviceChoice = flag(&args, "--device").unwrap_or("cpu").parse()?;
     let precision: Precision = serde_json::from_value(flag(&args, "--precision").unwrap_or("fp32").into())?;
     let batch = number(&args, "--batch")?.unwrap_or(32);
@@ -39,7 +40,10 @@ fn main() -> Result<()> {
         "device {} {} batch {} threads torch {} decode {}",
         r.device, r.precision, r.batch_size, r.threads.torch, r.threads.decode
     );
-    println!("end to end:   {:7.1} img/s ({} skipped, forward waited {:.2} s for decoding)", r.end_to_end_img_s, r.skipped, r.wait_s);
+    println!(
+        "end to end:   {:7.1} img/s ({} skipped, forward waited {:.2} s for decoding)",
+        r.end_to_end_img_s, r.skipped, r.wait_s
+    );
     println!("forward only: {:7.1} img/s", r.forward_only_img_s);
     println!("ratio:        {:7.3}", r.end_to_end_img_s / r.forward_only_img_s);
     Ok(())

@@ -19,7 +19,7 @@ Why these choices:
     `torch.jit.freeze` would bake them in as CPU constants and break that.
   * Traced with a batch of 2 and checked with batches of 1 and 3, so any batch size works.
   * Weights are stored channels-last, the layout pipe feeds batches in (an NCHW view of NHWC
-    bytes): oneDNN's convolutions, depthwise ones above all, ran Lite0 1.6-1.9x faster on
+    bytes): oneDNN's convolutions, depthwise ones above all, ran Lite0 about 1.6x faster on
     2 CPU cores that way than with NCHW. Plain NCHW input still works.
   * Idempotent: an existing export is kept unless --force. Files are written to temp names and
     renamed, so an interrupted export never leaves a half-written model behind.

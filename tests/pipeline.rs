@@ -76,6 +76,12 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     let third = pipe(root, &run_args(&["-S", "train.hidden=128"]));
     assert_eq!(ran_stages(&third), ["train", "caption", "score", "report"], "{third}");
 
+    // `pipe caption` uses the current train artifact on any image file.
+    let image = root.join("data/out/synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
+    let captioned = pipe(root, &["caption", "--beam", "3", image.to_str().unwrap()]);
+    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
+    assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
+
     let shown = pipe(root, &["metrics"]);
     assert!(shown.contains("bleu_4"), "{shown}");
 
@@ -96,6 +102,19 @@ fn check_parquet_from_python(root: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -124,10 +143,7 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
 });</script>"#;
     // The report directory is a read-only store artifact only by convention; write beside it in a copy.
     let copy_dir = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(report.parent().unwrap()).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), copy_dir.path().join(entry.file_name())).unwrap();
-    }
+    copy_tree(report.parent().unwrap(), copy_dir.path());
     let probe = copy_dir.path().join(probe.file_name().unwrap());
     fs::write(&probe, html.replace("</body>", &format!("{script}</body>"))).unwrap();
     let out = Command::new(browser)
@@ -139,7 +155,7 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    let probe_line = dom.lines().find(|l| l.contains("PROBE images=")).unwrap_or_else(|| panic!("page did not render:\n{dom}"));
+    let probe_line = dom.lines().find(|l| l.contains("<pre id=\"probe\">")).unwrap_or_else(|| panic!("page did not render:\n{dom}"));
     assert!(probe_line.contains("broken=[]"), "broken images: {probe_line}");
     assert!(!probe_line.contains("images=0 "), "no images rendered: {probe_line}");
     for key in ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d"] {

@@ -551,7 +551,11 @@ impl Backbone {
     }
 
     /// Convenience over [`Self::extract`]: one `Option<Vec<f32>>` per path (None = skipped).
-    pub fn extract_all(&self, paths: &[PathBuf], opts: &ExtractOptions) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+    pub fn extract_all(
+        &self,
+        paths: &[PathBuf],
+        opts: &ExtractOptions,
+    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
         let mut out = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let dim = self.dim();
@@ -650,10 +654,16 @@ pub struct BenchReport {
 }
 
 /// Measures end-to-end and forward-only throughput on `paths` (a warm-up batch first).
-pub fn bench(backbone: &Backbone, paths: &[PathBuf], batch_size: usize, threads: ThreadPlan) -> Result<BenchReport> {
+pub fn bench(
+    backbone: &Backbone,
+    paths: &[PathBuf],
+    batch_size: usize,
+    threads: ThreadPlan,
+) -> Result<BenchReport> {
     tch::set_num_threads(threads.torch as i32);
     let s = backbone.spec().input_size as i64;
-    let random = Tensor::randint(256, [batch_size as i64, s, s, 3], (Kind::Uint8, Device::Cpu)).permute([0, 3, 1, 2]);
+    let random =
+        Tensor::randint(256, [batch_size as i64, s, s, 3], (Kind::Uint8, Device::Cpu)).permute([0, 3, 1, 2]);
     let _ = backbone.forward_bytes(&random)?; // warm-up: the first calls profile the graph and allocate
     let opts = ExtractOptions { batch_size, decode_threads: threads.decode, ..Default::default() };
     let e2e = backbone.extract(paths, &opts, |_| Ok(()))?;
@@ -812,7 +822,8 @@ mod tests {
         fs::write(&cut, &jpeg[..jpeg.len() / 3]).unwrap();
         let junk = dir.path().join("junk.png");
         fs::write(&junk, b"\x89PNG\r\n\x1a\n garbage").unwrap();
-        let paths = vec![photo("chelsea.jpg"), cut, photo("coffee.png"), junk, dir.path().join("missing.jpg")];
+        let paths =
+            vec![photo("chelsea.jpg"), cut, photo("coffee.png"), junk, dir.path().join("missing.jpg")];
         let opts = ExtractOptions { batch_size: 2, decode_threads: 2, queue_depth: 1 };
         let (first, skipped) = bb.extract_all(&paths, &opts).unwrap();
         let bad: Vec<usize> = skipped.iter().map(|s| s.index).collect();

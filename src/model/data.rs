@@ -35,7 +35,8 @@ pub struct FeatureTable {
 impl FeatureTable {
     pub fn load(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let reader = FileReader::try_new(file, None).with_context(|| format!("reading Arrow IPC file {}", path.display()))?;
+        let reader = FileReader::try_new(file, None)
+            .with_context(|| format!("reading Arrow IPC file {}", path.display()))?;
         let (mut images, mut values, mut dim) = (Vec::new(), Vec::<f32>::new(), None);
         for batch in reader {
             let batch = batch.with_context(|| format!("reading a batch of {}", path.display()))?;
@@ -74,10 +75,9 @@ fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
 /// Appends the batch's `features` rows to `out`; returns the width D.
 fn append_features(batch: &RecordBatch, out: &mut Vec<f32>) -> Result<i64> {
     let col = batch.column_by_name("features").ok_or_else(|| anyhow!("no column `features`"))?;
-    let list = col
-        .as_any()
-        .downcast_ref::<FixedSizeListArray>()
-        .ok_or_else(|| anyhow!("column `features` is {}, expected FixedSizeList<Float32>", col.data_type()))?;
+    let list = col.as_any().downcast_ref::<FixedSizeListArray>().ok_or_else(|| {
+        anyhow!("column `features` is {}, expected FixedSizeList<Float32>", col.data_type())
+    })?;
     let values = list
         .values()
         .as_any()
@@ -101,7 +101,11 @@ impl TokenTable {
     pub fn load(path: &Path) -> Result<Self> {
         let df = table::read_parquet(path)?;
         let list = DataType::List(Box::new(DataType::UInt32));
-        table::require_columns(&df, path, &[("image", DataType::String), ("split", DataType::String), ("tokens", list)])?;
+        table::require_columns(
+            &df,
+            path,
+            &[("image", DataType::String), ("split", DataType::String), ("tokens", list)],
+        )?;
         let owned = |name| -> Result<Vec<String>> {
             Ok(table::str_values(&df, name)?.into_iter().map(str::to_string).collect())
         };
@@ -126,14 +130,22 @@ impl TokenTable {
 
     /// The captions of `split` as a [`CaptionSet`] over `features`' rows. Captions longer
     /// than `max_len` are cut (keeping endseq), so one odd caption cannot blow up T.
-    pub fn caption_set(&self, split: &str, features: &FeatureTable, max_len: usize, pad_id: i64) -> Result<CaptionSet> {
+    pub fn caption_set(
+        &self,
+        split: &str,
+        features: &FeatureTable,
+        max_len: usize,
+        pad_id: i64,
+    ) -> Result<CaptionSet> {
         let index = features.index();
         let (mut captions, mut rows) = (Vec::new(), Vec::new());
         for ((image, s), tokens) in self.images.iter().zip(&self.splits).zip(&self.tokens) {
             if s != split {
                 continue;
             }
-            let row = *index.get(image.as_str()).ok_or_else(|| anyhow!("image `{image}` ({split}) has no features"))?;
+            let row = *index
+                .get(image.as_str())
+                .ok_or_else(|| anyhow!("image `{image}` ({split}) has no features"))?;
             if tokens.len() < 2 {
                 bail!("image `{image}`: a caption has {} tokens, expected startseq … endseq", tokens.len());
             }
@@ -173,7 +185,8 @@ pub fn write_captions(path: &Path, rows: &[CaptionRow]) -> Result<()> {
 /// Reads a `captions.parquet` written by [`write_captions`].
 pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
     let df = table::read_parquet(path)?;
-    let columns = [("image", DataType::String), ("caption", DataType::String), ("log_prob", DataType::Float64)];
+    let columns =
+        [("image", DataType::String), ("caption", DataType::String), ("log_prob", DataType::Float64)];
     table::require_columns(&df, path, &columns)?;
     let (images, captions) = (table::str_values(&df, "image")?, table::str_values(&df, "caption")?);
     let log_probs = df.column("log_prob")?.f64()?.into_no_null_iter();
@@ -181,7 +194,11 @@ pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
         .into_iter()
         .zip(captions)
         .zip(log_probs)
-        .map(|((image, caption), log_prob)| CaptionRow { image: image.into(), caption: caption.into(), log_prob })
+        .map(|((image, caption), log_prob)| CaptionRow {
+            image: image.into(),
+            caption: caption.into(),
+            log_prob,
+        })
         .collect())
 }
 
@@ -190,7 +207,8 @@ pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
 /// matrix with `fallback`'s rows where a word is missing, and how many words were found.
 pub fn load_word_vectors(path: &Path, vocab: &Vocab, fallback: &Tensor) -> Result<(Tensor, usize)> {
     let dim = fallback.size()[1] as usize;
-    let ids: HashMap<&str, usize> = vocab.file.tokens.iter().enumerate().map(|(i, w)| (w.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> =
+        vocab.file.tokens.iter().enumerate().map(|(i, w)| (w.as_str(), i)).collect();
     let mut matrix = Vec::<f32>::try_from(fallback.to_device(tch::Device::Cpu).reshape([-1]))?;
     let file = File::open(path).with_context(|| format!("opening word vectors {}", path.display()))?;
     let mut found = vec![false; vocab.len()];
@@ -198,7 +216,10 @@ pub fn load_word_vectors(path: &Path, vocab: &Vocab, fallback: &Tensor) -> Resul
         let line = line.with_context(|| format!("{}:{}", path.display(), n + 1))?;
         let mut parts = line.split(' ');
         let Some(&id) = parts.next().and_then(|w| ids.get(w)) else { continue };
-        let values: Vec<f32> = parts.filter(|p| !p.is_empty()).map(str::parse).collect::<Result<_, _>>()
+        let values: Vec<f32> = parts
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
             .with_context(|| format!("{}:{}: not a number", path.display(), n + 1))?;
         if values.len() != dim {
             bail!("{}:{}: {} values, but the embedding width is {dim}", path.display(), n + 1, values.len());
@@ -275,7 +296,9 @@ pub(crate) mod tests {
         let path = dir.path().join("glove.txt");
         std::fs::write(&path, "2 2\ndog 1 2\ncat 3 4\nzebra 5 6\n").unwrap();
         let vocab = vocab_of(&["dog", "cat"]); // <pad> <unk> cat dog endseq startseq
-        let (m, hits) = load_word_vectors(&path, &vocab, &Tensor::zeros([6, 2], (tch::Kind::Float, tch::Device::Cpu))).unwrap();
+        let (m, hits) =
+            load_word_vectors(&path, &vocab, &Tensor::zeros([6, 2], (tch::Kind::Float, tch::Device::Cpu)))
+                .unwrap();
         assert_eq!(hits, 2);
         assert_eq!(m.double_value(&[2, 1]), 4.0);
         assert_eq!(m.double_value(&[4, 0]), 0.0);

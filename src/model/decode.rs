@@ -51,7 +51,8 @@ pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> 
     for _ in 0..opts.max_steps {
         let (lp, next) = model.step(&tokens, &m, &state);
         let lp = lp + &ban;
-        let lp = block_repeats(lp, rows.iter().map(|&image| out[image].tokens.as_slice()), opts.block_repeats);
+        let lp =
+            block_repeats(lp, rows.iter().map(|&image| out[image].tokens.as_slice()), opts.block_repeats);
         let (best, words) = lp.max_dim(1, false);
         let best = Vec::<f32>::try_from(best.to_device(tch::Device::Cpu))?;
         let words = Vec::<i64>::try_from(words.to_device(tch::Device::Cpu))?;
@@ -144,12 +145,18 @@ fn top_per_image(
     for (g, &image) in active.iter().enumerate() {
         slots.extend((0..beams[image].live.len()).map(|j| (g * width + j) as i64));
     }
-    let grid = Tensor::full([(active.len() * width) as i64, vocab], f64::NEG_INFINITY, (Kind::Double, cand.device()));
+    let grid = Tensor::full(
+        [(active.len() * width) as i64, vocab],
+        f64::NEG_INFINITY,
+        (Kind::Double, cand.device()),
+    );
     let grid = grid.index_copy(0, &Tensor::from_slice(&slots).to_device(cand.device()), cand);
     let k = (width as i64).min(width as i64 * vocab);
     let (values, index) = grid.view([active.len() as i64, -1]).topk(k, -1, true, true);
-    Ok((Vec::<f64>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?,
-        Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?))
+    Ok((
+        Vec::<f64>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?,
+        Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?,
+    ))
 }
 
 /// The next step's rows, host side.
@@ -209,7 +216,13 @@ fn advance(
 /// The final choice for one image (the first best wins ties, like Python's `max`).
 fn pick(beam: Beam, length_norm: bool) -> Hypothesis {
     let done = if beam.done.is_empty() {
-        beam.live.into_iter().map(|(w, s)| { let n = w.len(); (w, s, n) }).collect()
+        beam.live
+            .into_iter()
+            .map(|(w, s)| {
+                let n = w.len();
+                (w, s, n)
+            })
+            .collect()
     } else {
         beam.done
     };
@@ -239,7 +252,10 @@ fn block_repeats<'a>(mut lp: Tensor, rows: impl Iterator<Item = &'a [i64]>, n: u
     }
     if !at_row.is_empty() {
         let device = lp.device();
-        let index = [Some(Tensor::from_slice(&at_row).to_device(device)), Some(Tensor::from_slice(&at_word).to_device(device))];
+        let index = [
+            Some(Tensor::from_slice(&at_row).to_device(device)),
+            Some(Tensor::from_slice(&at_word).to_device(device)),
+        ];
         let minus_inf = Tensor::from_slice(&[f32::NEG_INFINITY]).to_device(device);
         lp = lp.index_put(&index, &minus_inf, false);
     }
@@ -282,7 +298,16 @@ mod tests {
         let rng = crate::model::train::torch_rng_lock();
         tch::manual_seed(seed);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = DecoderConfig { vocab_size: 30, feature_dim: 10, embed: 16, hidden: 16, dense: 12, dropout: 0.5, max_len: 12, pad_id: 0 };
+        let cfg = DecoderConfig {
+            vocab_size: 30,
+            feature_dim: 10,
+            embed: 16,
+            hidden: 16,
+            dense: 12,
+            dropout: 0.5,
+            max_len: 12,
+            pad_id: 0,
+        };
         let dec = MergeDecoder::new(&cfg, vs.root());
         (rng, vs, dec)
     }

@@ -40,7 +40,16 @@ pub struct DecoderConfig {
 impl DecoderConfig {
     /// The peer's sizes, for a given vocabulary and feature width.
     pub fn merge_default(vocab_size: i64, feature_dim: i64, max_len: i64) -> Self {
-        Self { vocab_size, feature_dim, embed: 256, hidden: 256, dense: 128, dropout: 0.5, max_len, pad_id: 0 }
+        Self {
+            vocab_size,
+            feature_dim,
+            embed: 256,
+            hidden: 256,
+            dense: 128,
+            dropout: 0.5,
+            max_len,
+            pad_id: 0,
+        }
     }
 }
 
@@ -155,7 +164,16 @@ mod tests {
     use tch::Device;
 
     fn tiny() -> DecoderConfig {
-        DecoderConfig { vocab_size: 11, feature_dim: 6, embed: 8, hidden: 8, dense: 5, dropout: 0.5, max_len: 7, pad_id: 0 }
+        DecoderConfig {
+            vocab_size: 11,
+            feature_dim: 6,
+            embed: 8,
+            hidden: 8,
+            dense: 5,
+            dropout: 0.5,
+            max_len: 7,
+            pad_id: 0,
+        }
     }
 
     #[test]

@@ -190,7 +190,8 @@ pub fn train(
         let started = Instant::now();
         let train_loss = run_epoch(model, &features, &train_set, &plan, opts, Some(&mut opt), monitor);
         let seconds = started.elapsed().as_secs_f64();
-        let dev_loss = (!dev.is_empty()).then(|| evaluate(model, &features, &dev_set, opts.batch_size.max(256)));
+        let dev_loss =
+            (!dev.is_empty()).then(|| evaluate(model, &features, &dev_set, opts.batch_size.max(256)));
         let record = EpochRecord {
             epoch,
             train_loss,
@@ -512,7 +513,16 @@ mod tests {
     }
 
     pub(crate) fn tiny_config() -> DecoderConfig {
-        DecoderConfig { vocab_size: 12, feature_dim: 16, embed: 32, hidden: 32, dense: 16, dropout: 0.1, max_len: 6, pad_id: 0 }
+        DecoderConfig {
+            vocab_size: 12,
+            feature_dim: 16,
+            embed: 32,
+            hidden: 32,
+            dense: 16,
+            dropout: 0.1,
+            max_len: 6,
+            pad_id: 0,
+        }
     }
 
     fn fit(seed: u64, epochs: usize) -> (History, Vec<f64>) {
@@ -521,7 +531,14 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = MergeDecoder::new(&tiny_config(), vs.root());
         let (features, set) = tiny_data();
-        let opts = TrainOptions { lr: 0.01, batch_size: 2, max_epochs: epochs, patience: epochs, seed, ..Default::default() };
+        let opts = TrainOptions {
+            lr: 0.01,
+            batch_size: 2,
+            max_epochs: epochs,
+            patience: epochs,
+            seed,
+            ..Default::default()
+        };
         let empty = CaptionSet::from_lists(&[], &[], 0);
         let history = train(&model, &vs, &features, &set, &empty, &opts, &mut Silent).unwrap();
         let mut weights: Vec<_> = vs.variables().into_iter().collect();
@@ -530,15 +547,38 @@ mod tests {
         (history, sums)
     }
 
+    /// Runs `fit(seed, 3)` in a child process (this test binary, filtered to
+    /// [`seeded_fit_in_child`]) and returns what it printed. A process of its own has torch's
+    /// global generator to itself: other tests, of any module, may draw from it concurrently.
+    fn fit_in_child(seed: u64) -> String {
+        let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", &format!("{module}::seeded_fit_in_child"), "--nocapture"])
+            .env("PIPE_TEST_FIT_SEED", seed.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find(|l| l.starts_with("FIT "))
+            .unwrap_or_else(|| panic!("child printed no fit: {stdout}"))
+            .into()
+    }
+
+    #[test]
+    #[ignore = "helper, run in a child process by training_is_deterministic_with_a_seed"]
+    fn seeded_fit_in_child() {
+        let Ok(seed) = std::env::var("PIPE_TEST_FIT_SEED") else { return };
+        let (history, weights) = fit(seed.parse().unwrap(), 3);
+        let losses: Vec<f64> = history.epochs.iter().map(|e| e.train_loss).collect();
+        println!("FIT {losses:?} {weights:?}");
+    }
+
     #[test]
     fn training_is_deterministic_with_a_seed() {
-        let (a, wa) = fit(7, 3);
-        let (b, wb) = fit(7, 3);
-        let losses = |h: &History| h.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>();
-        assert_eq!(losses(&a), losses(&b));
-        assert_eq!(wa, wb);
-        let (c, _) = fit(8, 3);
-        assert_ne!(losses(&a), losses(&c));
+        let a = fit_in_child(7);
+        assert_eq!(a, fit_in_child(7));
+        assert_ne!(a, fit_in_child(8));
     }
 
     #[test]
@@ -570,7 +610,9 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = MergeDecoder::new(&tiny_config(), vs.root());
             let (features, set) = tiny_data();
-            let mut opt = if fused { Stepper::Fused(FusedAdam::new(&vs, 0.01).unwrap()) } else {
+            let mut opt = if fused {
+                Stepper::Fused(FusedAdam::new(&vs, 0.01).unwrap())
+            } else {
                 Stepper::Torch(nn::Adam::default().build(&vs, 0.01).unwrap())
             };
             let plan = plan_epoch(&set.lengths, 5, None, Device::Cpu);

@@ -4,7 +4,8 @@
 //! - **split mode** (no `folder`): inputs `model`, `vocab`, `features` and optionally
 //!   `tokens`; captions every image of `params.split` (every image of `features` when no
 //!   `tokens` is given) from the cached features.
-//! - **archive mode** (`folder` set): inputs `model`, `vocab`, `backbone`; walks the folder
+//! - **archive mode** (`folder` set): inputs `model`, `vocab`, `backbone`, and the same folder
+//!   as the optional `images` dep so that its content is hashed; walks the folder
 //!   (recursively, any size), runs images through the backbone in chunks of `chunk_size`,
 //!   and writes each chunk to `parts/part-NNNNN.parquet` (temp name, then rename). The kind
 //!   is resumable: an interrupted run gets its out dir back and skips finished parts. At
@@ -24,7 +25,9 @@ use tch::{nn, Device, Tensor};
 
 use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
 use crate::model::backbone::{Backbone, DeviceChoice, ExtractOptions, Precision, ThreadPlan};
-use crate::model::data::{caption_text, read_captions, write_captions, CaptionRow, FeatureTable, TokenTable, Vocab};
+use crate::model::data::{
+    caption_text, read_captions, write_captions, CaptionRow, FeatureTable, TokenTable, Vocab,
+};
 use crate::model::decode::{beam_search, greedy, DecodeOptions, Hypothesis};
 use crate::model::decoder::{DecoderConfig, MergeDecoder};
 use crate::stages::train::{artifact, write_json, CONFIG_FILE, WEIGHTS_FILE};
@@ -88,7 +91,10 @@ impl Default for CaptionParams {
 impl CaptionParams {
     fn validate(&self) -> Result<()> {
         ensure!(self.beam_width >= 1, "beam_width must be at least 1");
-        ensure!(self.chunk_size >= 1 && self.batch_size >= 1 && self.backbone_batch >= 1, "sizes must be positive");
+        ensure!(
+            self.chunk_size >= 1 && self.batch_size >= 1 && self.backbone_batch >= 1,
+            "sizes must be positive"
+        );
         ensure!(self.max_len.is_none_or(|n| n >= 1), "max_len must be at least 1");
         Ok(())
     }
@@ -146,6 +152,7 @@ impl StageKind for Caption {
             InputSpec::optional("features"),
             InputSpec::optional("tokens"),
             InputSpec::optional("backbone"),
+            InputSpec::optional("images"),
         ];
         Some(INPUTS)
     }
@@ -157,29 +164,59 @@ impl StageKind for Caption {
         }
     }
 
+    /// Archive mode keeps finished parts across an interruption (split mode simply
+    /// overwrites its one output).
+    fn resumable(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &StageContext) -> Result<()> {
         let params: CaptionParams = ctx.params()?;
         let device = params.device.resolve()?;
         let threads = ThreadPlan::new(0, device);
         tch::set_num_threads(threads.torch as i32);
-        let model = CaptionModel::load(ctx.input("model")?, &artifact(ctx.input("vocab")?, "vocab.json"), device)?;
+        let model =
+            CaptionModel::load(ctx.input("model")?, &artifact(ctx.input("vocab")?, "vocab.json"), device)?;
         let Some(folder) = &params.folder else {
             return run_split(ctx, &model, &params);
         };
-        let backbone_dir = ctx.input("backbone").context("archive mode (params.folder) needs input `backbone`")?;
+        let backbone_dir =
+            ctx.input("backbone").context("archive mode (params.folder) needs input `backbone`")?;
         let backbone = Backbone::load(backbone_dir, params.device, Precision::Fp32)?;
+        // Listing the folder as the `images` dep makes its content part of the fingerprint,
+        // so adding images to the archive reruns the stage.
+        let folder = ctx.workspace.join(folder);
+        if let Some(dep) = ctx.optional_input("images") {
+            ensure!(
+                dep.canonicalize().ok() == folder.canonicalize().ok(),
+                "params.folder ({}) and the `images` dep ({}) must name the same folder",
+                folder.display(),
+                dep.display()
+            );
+        }
         let archive = Archive {
-            folder: ctx.workspace.join(folder),
+            folder,
             chunk_size: params.chunk_size,
-            extract: ExtractOptions { batch_size: params.backbone_batch, decode_threads: threads.decode, ..Default::default() },
+            extract: ExtractOptions {
+                batch_size: params.backbone_batch,
+                decode_threads: threads.decode,
+                ..Default::default()
+            },
             settings: params.settings(),
         };
         let bar = ctx.progress_bar(0, "captioning");
-        let report = archive.run(&model, &backbone, &ctx.out_dir, None, &mut |n, total| {
-            bar.set_length(total as u64);
-            bar.set_position(n as u64);
-            Ok(())
-        }, &|line| ctx.log(line))?;
+        let report = archive.run(
+            &model,
+            &backbone,
+            &ctx.out_dir,
+            None,
+            &mut |n, total| {
+                bar.set_length(total as u64);
+                bar.set_position(n as u64);
+                Ok(())
+            },
+            &|line| ctx.log(line),
+        )?;
         bar.finish_and_clear();
         ctx.log(report.summary());
         Ok(())
@@ -197,11 +234,18 @@ impl CaptionModel {
     /// Loads `model_dir/{model.json, model.safetensors}` and the vocabulary onto `device`.
     pub fn load(model_dir: &Path, vocab_path: &Path, device: Device) -> Result<Self> {
         let config_path = model_dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        let cfg: DecoderConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let cfg: DecoderConfig =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
         let vocab = Vocab::load(vocab_path)?;
         if vocab.len() as i64 != cfg.vocab_size {
-            bail!("{} has {} tokens but the model was trained on {}", vocab_path.display(), vocab.len(), cfg.vocab_size);
+            bail!(
+                "{} has {} tokens but the model was trained on {}",
+                vocab_path.display(),
+                vocab.len(),
+                cfg.vocab_size
+            );
         }
         let mut vs = nn::VarStore::new(device);
         let decoder = MergeDecoder::new(&cfg, vs.root());
@@ -232,10 +276,14 @@ impl CaptionModel {
         let n = features.size()[0];
         let mut out = Vec::with_capacity(n as usize);
         for start in (0..n).step_by(settings.batch_size.max(1)) {
-            let batch = features.narrow(0, start, (settings.batch_size as i64).min(n - start)).to_device(self.device());
+            let batch = features
+                .narrow(0, start, (settings.batch_size as i64).min(n - start))
+                .to_device(self.device());
             let hyps: Vec<Hypothesis> = match settings.decoder {
                 DecoderKind::Greedy => greedy(&self.decoder, &batch, &opts)?,
-                DecoderKind::Beam => beam_search(&self.decoder, &batch, &opts, settings.beam_width, settings.length_norm)?,
+                DecoderKind::Beam => {
+                    beam_search(&self.decoder, &batch, &opts, settings.beam_width, settings.length_norm)?
+                }
             };
             out.extend(hyps.into_iter().map(|h| (caption_text(&self.vocab, &h.tokens), h.log_prob)));
         }
@@ -245,13 +293,19 @@ impl CaptionModel {
 
 /// Split mode: captions the images of `params.split` from cached features.
 fn run_split(ctx: &StageContext, model: &CaptionModel, params: &CaptionParams) -> Result<()> {
-    let features_path = artifact(ctx.input("features").context("split mode needs input `features`")?, "features.arrow");
+    let features_path =
+        artifact(ctx.input("features").context("split mode needs input `features`")?, "features.arrow");
     let tokens_path = ctx.optional_input("tokens").map(|p| artifact(p, "tokens.parquet"));
     let started = Instant::now();
-    let rows = caption_split(model, &features_path, tokens_path.as_deref(), &params.split, &params.settings())?;
+    let rows =
+        caption_split(model, &features_path, tokens_path.as_deref(), &params.split, &params.settings())?;
     write_captions(&ctx.output(CAPTIONS_FILE), &rows)?;
     let secs = started.elapsed().as_secs_f64();
-    ctx.log(format!("{} images in {secs:.1} s ({:.0} captions/s)", rows.len(), rows.len() as f64 / secs.max(1e-9)));
+    ctx.log(format!(
+        "{} images in {secs:.1} s ({:.0} captions/s)",
+        rows.len(),
+        rows.len() as f64 / secs.max(1e-9)
+    ));
     Ok(())
 }
 
@@ -274,11 +328,20 @@ pub fn caption_split(
     let index = features.index();
     let rows: Vec<i64> = images
         .iter()
-        .map(|img| index.get(img.as_str()).copied().with_context(|| format!("image `{img}` has no features in {}", features_path.display())))
+        .map(|img| {
+            index
+                .get(img.as_str())
+                .copied()
+                .with_context(|| format!("image `{img}` has no features in {}", features_path.display()))
+        })
         .collect::<Result<_>>()?;
     let selected = features.matrix.index_select(0, &Tensor::from_slice(&rows));
     let captions = model.caption(&selected, settings)?;
-    Ok(images.into_iter().zip(captions).map(|(image, (caption, log_prob))| CaptionRow { image, caption, log_prob }).collect())
+    Ok(images
+        .into_iter()
+        .zip(captions)
+        .map(|(image, (caption, log_prob))| CaptionRow { image, caption, log_prob })
+        .collect())
 }
 
 /// Archive mode: a folder captioned chunk by chunk into resumable parts.
@@ -380,7 +443,10 @@ impl Archive {
             if serde_json::from_str::<Listing>(&text).ok().as_ref() == Some(&listing) {
                 return Ok(true);
             }
-            log(format!("{}: the folder or chunk_size changed since the interrupted run; starting over", path.display()));
+            log(format!(
+                "{}: the folder or chunk_size changed since the interrupted run; starting over",
+                path.display()
+            ));
             std::fs::remove_dir_all(parts).with_context(|| format!("removing {}", parts.display()))?;
         }
         std::fs::create_dir_all(parts).with_context(|| format!("creating {}", parts.display()))?;
@@ -390,13 +456,24 @@ impl Archive {
 
     /// Backbone + decoder over one chunk; writes its skipped list, then its part (renamed
     /// into place last, so a part that exists is complete).
-    fn caption_chunk(&self, model: &CaptionModel, backbone: &Backbone, chunk: &[String], part: &Path) -> Result<()> {
+    fn caption_chunk(
+        &self,
+        model: &CaptionModel,
+        backbone: &Backbone,
+        chunk: &[String],
+        part: &Path,
+    ) -> Result<()> {
         let paths: Vec<PathBuf> = chunk.iter().map(|rel| self.folder.join(rel)).collect();
         let (mut indices, mut values, mut skipped) = (Vec::new(), Vec::<f32>::new(), Vec::new());
         backbone.extract(&paths, &self.extract, |batch| {
             indices.extend(batch.indices);
             values.extend_from_slice(&batch.features);
-            skipped.extend(batch.skipped.into_iter().map(|s| SkippedImage { image: chunk[s.index].clone(), reason: s.reason }));
+            skipped.extend(
+                batch
+                    .skipped
+                    .into_iter()
+                    .map(|s| SkippedImage { image: chunk[s.index].clone(), reason: s.reason }),
+            );
             Ok(())
         })?;
         let mut rows = Vec::with_capacity(indices.len());
@@ -419,12 +496,16 @@ pub fn list_images(folder: &Path) -> Result<Vec<String>> {
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(folder).follow_links(true) {
         let entry = entry.with_context(|| format!("listing {}", folder.display()))?;
-        let is_image = entry.path().extension().and_then(|e| e.to_str()).is_some_and(|e| {
-            IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x))
-        });
+        let is_image = entry
+            .path()
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
         if entry.file_type().is_file() && is_image {
             let rel = entry.path().strip_prefix(folder).unwrap_or(entry.path());
-            files.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+            files.push(
+                rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
+            );
         }
     }
     files.sort();
@@ -458,7 +539,10 @@ fn merge_parts(parts: &Path, count: usize, out_dir: &Path) -> Result<(usize, usi
         rows.extend(read_captions(&part)?);
         let list = part.with_extension("skipped.json");
         let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
-        skipped.extend(serde_json::from_str::<Vec<SkippedImage>>(&text).with_context(|| format!("parsing {}", list.display()))?);
+        skipped.extend(
+            serde_json::from_str::<Vec<SkippedImage>>(&text)
+                .with_context(|| format!("parsing {}", list.display()))?,
+        );
     }
     write_captions(&out_dir.join(CAPTIONS_FILE), &rows)?;
     write_json_atomic(&out_dir.join(SKIPPED_FILE), &skipped)?;
@@ -484,7 +568,7 @@ pub fn caption_images(
 ) -> Result<Vec<(PathBuf, String, f64)>> {
     let device = opts.device.resolve()?;
     tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
-    let model = CaptionModel::load(model_dir, vocab_path, device)?;
+    let model = CaptionModel::load(model_dir, &artifact(vocab_path, "vocab.json"), device)?;
     let backbone = Backbone::load(backbone_dir, opts.device, Precision::Fp32)?;
     let (features, skipped) = backbone.extract_all(paths, &ExtractOptions::default())?;
     if let Some(s) = skipped.first() {
@@ -500,14 +584,18 @@ pub fn caption_images(
 mod tests {
     use super::*;
     use crate::model::backbone::BackboneSpec;
-    use crate::stages::train::{run_training, TrainInputs, TrainParams};
     use crate::model::train::Silent;
+    use crate::stages::train::{run_training, TrainInputs, TrainParams};
     use image::{Rgb, RgbImage};
 
     /// A tiny TorchScript "backbone": mean colour per channel times a fixed (3, 8) matrix.
     fn write_backbone(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
-        let w = Tensor::from_slice(&[1.0f32, -1.0, 0.5, 2.0, 0.0, 1.0, -0.5, 1.5, 0.3, 1.0, -2.0, 0.7, 1.1, 0.2, -1.0, 0.4, 0.9, -0.3, 1.0, 0.5, -0.7, 0.2, 1.3, -1.2]).view([3, 8]);
+        let w = Tensor::from_slice(&[
+            1.0f32, -1.0, 0.5, 2.0, 0.0, 1.0, -0.5, 1.5, 0.3, 1.0, -2.0, 0.7, 1.1, 0.2, -1.0, 0.4, 0.9, -0.3,
+            1.0, 0.5, -0.7, 0.2, 1.3, -1.2,
+        ])
+        .view([3, 8]);
         let input = Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, Device::Cpu));
         let module = tch::CModule::create_by_tracing("Backbone", "forward", &[input], &mut |xs| {
             vec![xs[0].mean_dim(&[2i64, 3][..], false, tch::Kind::Float).matmul(&w)]
@@ -576,7 +664,18 @@ mod tests {
             embeddings: None,
         };
         let _rng = crate::model::train::torch_rng_lock();
-        let params = TrainParams { embed: 16, hidden: 16, dense: 16, dropout: 0.0, lr: 0.02, batch_size: 4, epochs: 60, patience: 60, device: DeviceChoice::Cpu, ..Default::default() };
+        let params = TrainParams {
+            embed: 16,
+            hidden: 16,
+            dense: 16,
+            dropout: 0.0,
+            lr: 0.02,
+            batch_size: 4,
+            epochs: 60,
+            patience: 60,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
         run_training(&inputs, &params, &model_dir, &mut Silent, &|_| ()).unwrap();
         (model_dir, vocab_path)
     }
@@ -595,7 +694,11 @@ mod tests {
             let settings = DecodeSettings { decoder, batch_size: 3, ..Default::default() };
             let rows = caption_split(&model, &features, Some(&tokens), "dev", &settings).unwrap();
             let got: Vec<&str> = rows.iter().map(|r| r.caption.as_str()).collect();
-            assert_eq!(got, ["red dog runs", "blue cat sits", "red cat runs", "blue dog sits"], "{decoder:?}");
+            assert_eq!(
+                got,
+                ["red dog runs", "blue cat sits", "red cat runs", "blue dog sits"],
+                "{decoder:?}"
+            );
             assert!(rows.iter().all(|r| r.log_prob < 0.0 && r.log_prob > -1.0));
         }
     }
@@ -615,21 +718,30 @@ mod tests {
             extract: ExtractOptions { batch_size: 3, ..Default::default() },
             settings: DecodeSettings::default(),
         };
-        let run = |out: &Path, stop: Option<usize>| archive.run(&model, &backbone, out, stop, &mut |_, _| Ok(()), &|_| ()).unwrap();
+        let run = |out: &Path, stop: Option<usize>| {
+            archive.run(&model, &backbone, out, stop, &mut |_, _| Ok(()), &|_| ()).unwrap()
+        };
         let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
         let full = run(&whole, None);
         assert!(full.complete);
         assert_eq!((full.files, full.captioned, full.skipped), (24, 23, 1));
         let first = run(&resumed, Some(2));
         assert!(!first.complete && !resumed.join(CAPTIONS_FILE).exists());
-        assert!(part_path(&resumed.join(PARTS_DIR), 1).exists() && !part_path(&resumed.join(PARTS_DIR), 2).exists());
+        assert!(
+            part_path(&resumed.join(PARTS_DIR), 1).exists()
+                && !part_path(&resumed.join(PARTS_DIR), 2).exists()
+        );
         let second = run(&resumed, None);
         assert_eq!(second.resumed_parts, 2);
-        let (a, b) = (read_captions(&whole.join(CAPTIONS_FILE)).unwrap(), read_captions(&resumed.join(CAPTIONS_FILE)).unwrap());
+        let (a, b) = (
+            read_captions(&whole.join(CAPTIONS_FILE)).unwrap(),
+            read_captions(&resumed.join(CAPTIONS_FILE)).unwrap(),
+        );
         assert_eq!(a, b);
         assert_eq!(a.len(), 23);
         assert!(a.iter().any(|r| r.image == "odd/deeper/img01.png"));
-        let skipped: Vec<SkippedImage> = serde_json::from_str(&std::fs::read_to_string(resumed.join(SKIPPED_FILE)).unwrap()).unwrap();
+        let skipped: Vec<SkippedImage> =
+            serde_json::from_str(&std::fs::read_to_string(resumed.join(SKIPPED_FILE)).unwrap()).unwrap();
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].image, "even/broken.jpg");
         assert!(!resumed.join(PARTS_DIR).exists());
@@ -638,8 +750,12 @@ mod tests {
     #[test]
     fn params_default_to_beam_five_length_normalised() {
         let v = Caption.normalize_params(&Value::Null).unwrap();
-        assert_eq!((v["decoder"].as_str(), v["beam_width"].as_u64(), v["length_norm"].as_bool()), (Some("beam"), Some(5), Some(true)));
+        assert_eq!(
+            (v["decoder"].as_str(), v["beam_width"].as_u64(), v["length_norm"].as_bool()),
+            (Some("beam"), Some(5), Some(true))
+        );
         assert!(Caption.normalize_params(&serde_json::json!({"beam": 3})).is_err());
         assert_eq!(Caption.outputs(&serde_json::json!({"folder": "x"})).len(), 2);
+        assert!(Caption.resumable());
     }
 }

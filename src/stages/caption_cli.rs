@@ -1,18 +1,93 @@
 //! `pipe caption IMAGE...`: caption a few images with the pipeline's trained model.
+//!
+//! The model is the current artifact of the pipeline's `train` stage (per the lock file),
+//! with the vocabulary that stage trained on and the backbone of the `features` stage
+//! that fed it, so the captions match what `pipe run` would produce.
 
-use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use crate::engine::spec::Pipeline;
+use crate::engine::lockfile::LockFile;
+use crate::engine::spec::{DepSource, Pipeline, StageSpec};
+use crate::engine::store::Store;
 use crate::engine::workspace::Workspace;
+use crate::model::backbone::DeviceChoice;
+use crate::stages::caption::{caption_images, CaptionImagesOptions, DecodeSettings, DecoderKind};
 
 #[derive(Args)]
 pub struct CaptionArgs {
     /// Image files to caption.
     #[arg(required = true)]
-    pub images: Vec<std::path::PathBuf>,
+    pub images: Vec<PathBuf>,
+    /// The train stage whose model to use (default: the pipeline's only `train` stage).
+    #[arg(long, value_name = "STAGE")]
+    pub model: Option<String>,
+    /// Beam width; 1 decodes greedily.
+    #[arg(long, default_value_t = 5)]
+    pub beam: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
-pub fn run(_workspace: &Workspace, _pipeline: &Pipeline, _args: &CaptionArgs) -> Result<u8> {
-    bail!("`pipe caption` needs the train and caption stages, which are not wired in yet")
+pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &CaptionArgs) -> Result<u8> {
+    let lock = LockFile::load(&workspace.lock_file_path())?;
+    let store = Store::new(workspace.store_dir());
+    let train = train_stage(pipeline, args.model.as_deref())?;
+    let resolve = |stage: &StageSpec, input: &str| -> Result<PathBuf> {
+        let dep = stage
+            .deps
+            .iter()
+            .find(|dep| dep.name == input)
+            .ok_or_else(|| anyhow!("stage {} has no `{input}` dep", stage.name))?;
+        resolve_dep(workspace, &lock, &store, &dep.source)
+    };
+    let model_dir = resolve_stage_output(&lock, &store, &train.name)?;
+    let vocab = resolve(train, "vocab")?;
+    let features_stage = match &train.deps.iter().find(|d| d.name == "features").map(|d| &d.source) {
+        Some(DepSource::Stage { stage, .. }) => pipeline.stage(stage).expect("validated"),
+        _ => bail!("stage {}: its `features` dep is not a features stage, so the backbone is unknown", train.name),
+    };
+    let backbone = resolve(features_stage, "backbone")?;
+
+    let decoder = if args.beam <= 1 { DecoderKind::Greedy } else { DecoderKind::Beam };
+    let settings = DecodeSettings { decoder, beam_width: args.beam.max(1), ..DecodeSettings::default() };
+    let options = CaptionImagesOptions { settings, device: args.device };
+    for (path, caption, log_prob) in caption_images(&model_dir, &vocab, &backbone, &args.images, &options)? {
+        println!("{}\t{caption}\t(log p {log_prob:.2})", path.display());
+    }
+    Ok(0)
+}
+
+fn train_stage<'a>(pipeline: &'a Pipeline, name: Option<&str>) -> Result<&'a StageSpec> {
+    if let Some(name) = name {
+        return pipeline.stage(name).ok_or_else(|| anyhow!("no stage named `{name}`"));
+    }
+    let mut trains = pipeline.stages.iter().filter(|stage| stage.kind.name() == "train");
+    match (trains.next(), trains.next()) {
+        (Some(stage), None) => Ok(stage),
+        (None, _) => bail!("{} has no `train` stage", pipeline.file.display()),
+        (Some(_), Some(_)) => bail!("{} has several train stages: pick one with --model", pipeline.file.display()),
+    }
+}
+
+fn resolve_stage_output(lock: &LockFile, store: &Store, stage: &str) -> Result<PathBuf> {
+    let locked = lock.stages.get(stage).ok_or_else(|| anyhow!("stage {stage} has not run yet: run `pipe run {stage}`"))?;
+    let dir = store.output_dir(&locked.fingerprint);
+    if !dir.exists() {
+        bail!("stage {stage}: its artifact is not in the store (removed by gc?): run `pipe run {stage}`");
+    }
+    Ok(dir)
+}
+
+fn resolve_dep(workspace: &Workspace, lock: &LockFile, store: &Store, source: &DepSource) -> Result<PathBuf> {
+    match source {
+        DepSource::Workspace(path) => Ok(workspace.root.join(path)),
+        DepSource::Stage { stage, path } => {
+            let dir = resolve_stage_output(lock, store, stage).with_context(|| format!("resolving {source}"))?;
+            Ok(path.as_ref().map(|p| dir.join(p)).unwrap_or(dir))
+        }
+    }
 }

@@ -92,7 +92,11 @@ impl StageKind for Features {
     fn normalize_params(&self, params: &Value) -> Result<Value> {
         let value = normalize_typed::<FeaturesParams>(params)?;
         let typed: FeaturesParams = serde_json::from_value(value.clone())?;
-        ensure!((1..=4096).contains(&typed.batch_size), "batch_size must be 1..=4096, not {}", typed.batch_size);
+        ensure!(
+            (1..=4096).contains(&typed.batch_size),
+            "batch_size must be 1..=4096, not {}",
+            typed.batch_size
+        );
         Ok(value)
     }
 
@@ -137,14 +141,17 @@ pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
         .with_context(|| format!("reading manifest {}", path.display()))?;
     let column = |name: &str| -> Result<Vec<Option<String>>> {
         let col = df.column(name).with_context(|| format!("{}: column `{name}`", path.display()))?;
-        let strings = col.str().with_context(|| format!("{}: column `{name}` must be Utf8", path.display()))?;
+        let strings =
+            col.str().with_context(|| format!("{}: column `{name}` must be Utf8", path.display()))?;
         Ok(strings.iter().map(|s| s.map(str::to_owned)).collect())
     };
     let (images, paths, hashes) = (column("image")?, column("path")?, column("content_hash")?);
     let mut rows = Vec::with_capacity(images.len());
     for (i, ((image, rel), hash)) in images.into_iter().zip(paths).zip(hashes).enumerate() {
         match (image, rel, hash) {
-            (Some(image), Some(path), Some(content_hash)) => rows.push(ManifestRow { image, path, content_hash }),
+            (Some(image), Some(path), Some(content_hash)) => {
+                rows.push(ManifestRow { image, path, content_hash })
+            }
             _ => bail!("{}: row {i} has a null image, path or content_hash", path.display()),
         }
     }
@@ -205,7 +212,8 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
     cache.compact_if_needed(|m| ctx.log(m))?;
 
     let t = Instant::now();
-    let (count, skipped) = write_features(&ctx.output("features.arrow"), &manifest, &found, &failures, backbone.dim())?;
+    let (count, skipped) =
+        write_features(&ctx.output("features.arrow"), &manifest, &found, &failures, backbone.dim())?;
     let write_s = t.elapsed().as_secs_f64();
 
     let summary = FeaturesSummary {
@@ -267,7 +275,11 @@ fn compute(
     found: &mut HashMap<String, Vec<f32>>,
 ) -> Result<(ExtractTimings, HashMap<String, String>)> {
     let paths: Vec<PathBuf> = todo.iter().map(|t| t.path.clone()).collect();
-    let opts = ExtractOptions { batch_size: params.batch_size, decode_threads: threads.decode, ..Default::default() };
+    let opts = ExtractOptions {
+        batch_size: params.batch_size,
+        decode_threads: threads.decode,
+        ..Default::default()
+    };
     let bar = ctx.progress_bar(todo.len() as u64, "features");
     let dim = backbone.dim();
     let mut pending = ShardBuffer::default();
@@ -424,8 +436,10 @@ impl FeatureCache {
         ensure!(reader.schema() == shard_schema(self.dim), "unexpected schema {:?}", reader.schema());
         for batch in reader {
             let batch = batch?;
-            let hashes = batch.column(0).as_any().downcast_ref::<StringArray>().context("content_hash column")?;
-            let lists = batch.column(1).as_any().downcast_ref::<FixedSizeListArray>().context("features column")?;
+            let hashes =
+                batch.column(0).as_any().downcast_ref::<StringArray>().context("content_hash column")?;
+            let lists =
+                batch.column(1).as_any().downcast_ref::<FixedSizeListArray>().context("features column")?;
             let values = lists.values().as_any().downcast_ref::<Float32Array>().context("features values")?;
             let values = values.values(); // already sliced to this array's rows
             for row in 0..batch.num_rows() {
@@ -542,8 +556,10 @@ mod tests {
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             names.sort();
-            let hashes: Vec<String> =
-                names.iter().map(|n| blake3::hash(&fs::read(self.images().join(n)).unwrap()).to_hex().to_string()).collect();
+            let hashes: Vec<String> = names
+                .iter()
+                .map(|n| blake3::hash(&fs::read(self.images().join(n)).unwrap()).to_hex().to_string())
+                .collect();
             let mut frame = df!("image" => &names, "path" => &names, "content_hash" => &hashes).unwrap();
             let path = self.root.path().join("images.parquet");
             ParquetWriter::new(File::create(&path).unwrap()).finish(&mut frame).unwrap();
@@ -558,7 +574,8 @@ mod tests {
                 ("manifest".to_string(), self.write_manifest()),
                 ("backbone".to_string(), crate_root().join("data/models/efficientnet_lite0")),
             ]);
-            let params = FeaturesParams { batch_size: 2, device: DeviceChoice::Cpu, threads: 2, ..Default::default() };
+            let params =
+                FeaturesParams { batch_size: 2, device: DeviceChoice::Cpu, threads: 2, ..Default::default() };
             let ctx = StageContext {
                 stage: "features".into(),
                 params: serde_json::to_value(&params).unwrap(),
@@ -600,7 +617,10 @@ mod tests {
             let lists = batch.column(2).as_fixed_size_list();
             for row in 0..batch.num_rows() {
                 let v = lists.value(row);
-                rows.insert(images.value(row).to_string(), v.as_primitive::<arrow_array::types::Float32Type>().values().to_vec());
+                rows.insert(
+                    images.value(row).to_string(),
+                    v.as_primitive::<arrow_array::types::Float32Type>().values().to_vec(),
+                );
             }
         }
         rows
@@ -609,7 +629,10 @@ mod tests {
     #[test]
     fn params_have_defaults_and_reject_unknown_keys() {
         let normalized = Features.normalize_params(&Value::Null).unwrap();
-        assert_eq!(normalized, json!({"batch_size": 32, "device": "auto", "precision": "fp32", "threads": 0}));
+        assert_eq!(
+            normalized,
+            json!({"batch_size": 32, "device": "auto", "precision": "fp32", "threads": 0})
+        );
         let err = Features.normalize_params(&json!({"batchsize": 8})).unwrap_err();
         assert!(format!("{err:#}").contains("batchsize"), "{err:#}");
         assert!(Features.normalize_params(&json!({"device": "tpu"})).is_err());
@@ -635,7 +658,10 @@ mod tests {
         let (a, b) = (read_output(&out1), read_output(&out2));
         assert_eq!(a["cat.png"], b["cat.png"]);
         assert_eq!(b["cat.png"], b["same-cat.png"]);
-        assert_eq!(b.keys().cloned().collect::<Vec<_>>(), ["cat-copy.jpg", "cat.png", "cup.png", "rocket.png", "same-cat.png"]);
+        assert_eq!(
+            b.keys().cloned().collect::<Vec<_>>(),
+            ["cat-copy.jpg", "cat.png", "cup.png", "rocket.png", "same-cat.png"]
+        );
     }
 
     #[test]
@@ -648,7 +674,10 @@ mod tests {
         let (_, out1) = ws1.run(1);
         let (_, out2) = ws2.run(1);
         assert_eq!(read_output(&out1), read_output(&out2));
-        assert_eq!(fs::read(out1.join("features.arrow")).unwrap(), fs::read(out2.join("features.arrow")).unwrap());
+        assert_eq!(
+            fs::read(out1.join("features.arrow")).unwrap(),
+            fs::read(out2.join("features.arrow")).unwrap()
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ fn most_frequent_caption_baseline(
     sets: &[CaptionSet],
     convention: Convention,
 ) -> Result<Option<Baseline>> {
-    let train = read_references(references, Split::Train)?;
+    let train = read_split_captions(references, Split::Train)?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for caption in train.values().flatten() {
         *counts.entry(caption.trim().to_lowercase()).or_default() += 1;
@@ -220,6 +220,13 @@ pub fn read_hypotheses(path: &Path) -> Result<Vec<Hypothesis>> {
 
 /// Reads the reference captions of one split, by image, in `caption_index` order.
 pub fn read_references(path: &Path, split: Split) -> Result<BTreeMap<String, Vec<String>>> {
+    let references = read_split_captions(path, split)?;
+    ensure!(!references.is_empty(), "{}: no reference captions in split `{split}`", path.display());
+    Ok(references)
+}
+
+/// The captions of one split by image, in caption order; empty when the split has none.
+fn read_split_captions(path: &Path, split: Split) -> Result<BTreeMap<String, Vec<String>>> {
     let frame = read_parquet(path)?;
     let columns = [
         ("image", DataType::String),
@@ -238,7 +245,6 @@ pub fn read_references(path: &Path, split: Split) -> Result<BTreeMap<String, Vec
             by_image.entry(image.to_string()).or_default().push((index, caption.to_string()));
         }
     }
-    ensure!(!by_image.is_empty(), "{}: no reference captions in split `{split}`", path.display());
     Ok(by_image
         .into_iter()
         .map(|(image, mut captions)| {

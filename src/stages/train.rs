@@ -242,7 +242,8 @@ pub fn run_training(
         let hits = set_word_vectors(&model, path, &vocab, params.freeze_embeddings)?;
         log(format!("{hits} of {} words have pretrained vectors ({})", vocab.len(), path.display()));
     }
-    let history = train(&model, &vs, &features.matrix, &train_set, &dev_set, &params.options(device), monitor)?;
+    let history =
+        train(&model, &vs, &features.matrix, &train_set, &dev_set, &params.options(device), monitor)?;
     save_model(&mut vs, &cfg, &history, out_dir)?;
     Ok(history)
 }
