@@ -148,15 +148,20 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
     let root = root.canonicalize().with_context(|| format!("project root {}", root.display()))?;
     let workspace = Workspace::new(root, cli.file.clone());
     let load = |overrides: &[Override]| -> Result<Pipeline> {
-        spec::load(&workspace.root, &workspace.pipeline_file, registry, overrides).map_err(|e| InvalidPipeline(e).into())
+        spec::load(&workspace.root, &workspace.pipeline_file, registry, overrides)
+            .map_err(|e| InvalidPipeline(e).into())
     };
     match cli.command {
         Command::Run(args) => {
             let pipeline = load(&args.set)?;
             let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait)?) };
             let started = std::time::Instant::now();
-            let options =
-                RunOptions { targets: args.stages, force: args.force, dry_run: args.dry_run, jobs: args.jobs };
+            let options = RunOptions {
+                targets: args.stages,
+                force: args.force,
+                dry_run: args.dry_run,
+                jobs: args.jobs,
+            };
             let outcomes = Runner::new(&workspace, &pipeline)?.run(&options)?;
             if !args.dry_run {
                 let ran = outcomes.iter().filter(|o| o.ran).count();
@@ -286,9 +291,12 @@ fn referenced_fingerprints(workspace: &Workspace) -> Result<std::collections::Ha
     let mut lock_files = vec![workspace.root.join("pipe.lock"), workspace.lock_file_path()];
     for dir in [workspace.root.clone(), workspace.root.join("pipelines")] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
-            lock_files.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
-                p.extension().is_some_and(|ext| ext == "lock")
-            }));
+            lock_files.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|ext| ext == "lock")),
+            );
         }
     }
     let mut referenced = std::collections::HashSet::new();

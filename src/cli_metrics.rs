@@ -42,13 +42,18 @@ fn collect(lock: &LockFile, store: &Store) -> Result<MetricTable> {
         }
         let path = store.output_dir(&locked.fingerprint).join(METRICS_FILE);
         let metrics = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+                .with_context(|| format!("parsing {}", path.display()))?,
             Err(_) => {
-                eprintln!("warning: {stage}: artifact {} is not in the store (removed by gc?)", &locked.fingerprint[..12]);
+                eprintln!(
+                    "warning: {stage}: artifact {} is not in the store (removed by gc?)",
+                    &locked.fingerprint[..12]
+                );
                 continue;
             }
         };
-        let numbers = flatten_params(&metrics).into_iter().filter(|(_, v)| v.is_number() || v.is_string()).collect();
+        let numbers =
+            flatten_params(&metrics).into_iter().filter(|(_, v)| v.is_number() || v.is_string()).collect();
         table.insert(stage.clone(), numbers);
     }
     Ok(table)
@@ -67,7 +72,8 @@ fn lock_at_revision(workspace: &Workspace, rev: &str) -> Result<LockFile> {
     if !output.status.success() {
         bail!("git show {rev}:{}: {}", relative.display(), String::from_utf8_lossy(&output.stderr).trim());
     }
-    LockFile::parse(&String::from_utf8_lossy(&output.stdout)).with_context(|| format!("{} at {rev}", relative.display()))
+    LockFile::parse(&String::from_utf8_lossy(&output.stdout))
+        .with_context(|| format!("{} at {rev}", relative.display()))
 }
 
 fn format_value(value: &Value) -> String {

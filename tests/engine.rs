@@ -34,7 +34,11 @@ impl Project {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));
-        command.args(args).current_dir(self.root()).env("PIPE_TEST_KINDS", "1").env_remove("PIPE_TEST_SLEEP_MS");
+        command
+            .args(args)
+            .current_dir(self.root())
+            .env("PIPE_TEST_KINDS", "1")
+            .env_remove("PIPE_TEST_SLEEP_MS");
         command
     }
 
@@ -45,13 +49,18 @@ impl Project {
     /// Runs pipe, asserts success, returns stderr + stdout.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.pipe(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
         assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
         text
     }
 
     fn runs(&self) -> Vec<String> {
-        fs::read_to_string(self.root().join("runs.log")).unwrap_or_default().lines().map(str::to_string).collect()
+        fs::read_to_string(self.root().join("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -177,7 +186,10 @@ fn invalid_pipelines_are_reported_with_locations() {
     let cycle = invalid(
         "stages:\n  a:\n    kind: test-concat\n    deps: {x: b/out.txt}\n  b:\n    kind: test-concat\n    deps: {x: a/out.txt}\n",
     );
-    assert!(cycle.contains("dependency cycle: a -> b -> a") || cycle.contains("dependency cycle: b -> a -> b"), "{cycle}");
+    assert!(
+        cycle.contains("dependency cycle: a -> b -> a") || cycle.contains("dependency cycle: b -> a -> b"),
+        "{cycle}"
+    );
 
     let missing = invalid("stages:\n  a:\n    kind: test-concat\n    deps: {src: nothere.txt}\n");
     assert!(missing.contains("stages.a.deps.src"), "{missing}");

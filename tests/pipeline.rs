@@ -66,12 +66,30 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     eprintln!("test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
     assert!(bleu4 > baseline4 + 0.05, "BLEU-4 {bleu4} does not beat the baseline {baseline4}");
 
+    // Pin this experiment in git, as a user would, to compare against it later.
+    git(root, &["init", "-q"]);
+    git(root, &["add", "pipe.lock", "pipeline.yaml"]);
+    git(root, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"]);
+
     // Second run: everything cached.
     let second = pipe(root, &run_args(&[]));
     assert!(second.contains("8 stages: 0 ran, 8 cached"), "{second}");
 
     // A train param change reruns exactly train and what is downstream of it.
-    let status = pipe(root, &["status", "-S", "synth.images=400", "-S", "train.epochs=12", "-S", "caption.beam_width=3", "-S", "train.hidden=128"]);
+    let status = pipe(
+        root,
+        &[
+            "status",
+            "-S",
+            "synth.images=400",
+            "-S",
+            "train.epochs=12",
+            "-S",
+            "caption.beam_width=3",
+            "-S",
+            "train.hidden=128",
+        ],
+    );
     assert!(status.contains("train: params.hidden changed (256 → 128)"), "{status}");
     let third = pipe(root, &run_args(&["-S", "train.hidden=128"]));
     assert_eq!(ran_stages(&third), ["train", "caption", "score", "report"], "{third}");
@@ -84,9 +102,19 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
 
     let shown = pipe(root, &["metrics"]);
     assert!(shown.contains("bleu_4"), "{shown}");
+    // The committed lock names the first run's metrics; the workspace has the hidden=128 run's.
+    let diff = pipe(root, &["metrics", "--diff", "HEAD"]);
+    let row = diff.lines().find(|l| l.starts_with("score") && l.contains("bleu_4 ")).unwrap_or_else(|| panic!("{diff}"));
+    let old_bleu4 = format!("{bleu4:.4}");
+    assert!(row.contains(&old_bleu4), "the HEAD column must show the first run's BLEU-4 {old_bleu4}: {row}");
 
     check_parquet_from_python(root);
     check_report_in_chromium(&report, &metrics(root));
+}
+
+fn git(root: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(root).status().unwrap();
+    assert!(status.success(), "git {args:?}");
 }
 
 /// Opens the outputs with real pyarrow from the project's venv, as the README shows.
@@ -101,7 +129,12 @@ fn check_parquet_from_python(root: &Path) {
         .arg(format!("hypotheses={}", root.join("data/out/caption/captions.parquet").display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -147,7 +180,13 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
     let probe = copy_dir.path().join(probe.file_name().unwrap());
     fs::write(&probe, html.replace("</body>", &format!("{script}</body>"))).unwrap();
     let out = Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+        ])
         .args(["--disable-component-update", "--disable-sync", "--allow-file-access-from-files"])
         .arg(format!("--user-data-dir={}", copy_dir.path().join(".chrome").display()))
         .args(["--virtual-time-budget=5000", "--dump-dom"])
@@ -155,7 +194,10 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout);
-    let probe_line = dom.lines().find(|l| l.contains("<pre id=\"probe\">")).unwrap_or_else(|| panic!("page did not render:\n{dom}"));
+    let probe_line = dom
+        .lines()
+        .find(|l| l.contains("<pre id=\"probe\">"))
+        .unwrap_or_else(|| panic!("page did not render:\n{dom}"));
     assert!(probe_line.contains("broken=[]"), "broken images: {probe_line}");
     assert!(!probe_line.contains("images=0 "), "no images rendered: {probe_line}");
     for key in ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d"] {

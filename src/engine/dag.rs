@@ -65,9 +65,9 @@ fn topological_order(names: &[&str], upstream: &HashMap<String, BTreeSet<String>
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::with_capacity(names.len());
     while order.len() < names.len() {
-        let ready = names
-            .iter()
-            .find(|name| !done.contains(**name) && upstream[**name].iter().all(|up| done.contains(up.as_str())));
+        let ready = names.iter().find(|name| {
+            !done.contains(**name) && upstream[**name].iter().all(|up| done.contains(up.as_str()))
+        });
         match ready {
             Some(name) => {
                 done.insert(name);
@@ -75,7 +75,8 @@ fn topological_order(names: &[&str], upstream: &HashMap<String, BTreeSet<String>
             }
             None => {
                 let stuck: Vec<&str> = names.iter().copied().filter(|name| !done.contains(name)).collect();
-                let cycle = find_cycle(&stuck, upstream).unwrap_or_else(|| stuck.iter().map(|s| s.to_string()).collect());
+                let cycle = find_cycle(&stuck, upstream)
+                    .unwrap_or_else(|| stuck.iter().map(|s| s.to_string()).collect());
                 return Err(anyhow!("dependency cycle: {}", cycle.join(" -> ")));
             }
         }

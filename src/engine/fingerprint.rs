@@ -73,7 +73,8 @@ impl Fingerprint {
                 });
             }
         }
-        let names: std::collections::BTreeSet<&String> = old.inputs.keys().chain(self.inputs.keys()).collect();
+        let names: std::collections::BTreeSet<&String> =
+            old.inputs.keys().chain(self.inputs.keys()).collect();
         for name in names {
             let label = dep_labels.get(name).cloned().unwrap_or_else(|| name.clone());
             match (old.inputs.get(name), self.inputs.get(name)) {
@@ -91,14 +92,32 @@ impl Fingerprint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirtyReason {
     NeverRun,
-    KindChanged { old: String, new: String },
-    KindVersionChanged { old: u32, new: u32 },
-    ParamChanged { key: String, old: Option<String>, new: Option<String> },
-    DepAdded { dep: String },
-    DepRemoved { dep: String },
-    DepChanged { dep: String },
+    KindChanged {
+        old: String,
+        new: String,
+    },
+    KindVersionChanged {
+        old: u32,
+        new: u32,
+    },
+    ParamChanged {
+        key: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    DepAdded {
+        dep: String,
+    },
+    DepRemoved {
+        dep: String,
+    },
+    DepChanged {
+        dep: String,
+    },
     /// An upstream stage will run first, so this stage's inputs are not known yet.
-    UpstreamStale { stage: String },
+    UpstreamStale {
+        stage: String,
+    },
     /// The lock file names an artifact that is no longer in the store.
     ArtifactMissing,
     Forced,
@@ -109,12 +128,18 @@ impl fmt::Display for DirtyReason {
         match self {
             DirtyReason::NeverRun => write!(f, "never run"),
             DirtyReason::KindChanged { old, new } => write!(f, "kind changed ({old} → {new})"),
-            DirtyReason::KindVersionChanged { old, new } => write!(f, "kind implementation changed (v{old} → v{new})"),
+            DirtyReason::KindVersionChanged { old, new } => {
+                write!(f, "kind implementation changed (v{old} → v{new})")
+            }
             DirtyReason::ParamChanged { key, old: Some(old), new: Some(new) } => {
                 write!(f, "params.{key} changed ({old} → {new})")
             }
-            DirtyReason::ParamChanged { key, old: None, new: Some(new) } => write!(f, "params.{key} added ({new})"),
-            DirtyReason::ParamChanged { key, old: Some(old), new: None } => write!(f, "params.{key} removed (was {old})"),
+            DirtyReason::ParamChanged { key, old: None, new: Some(new) } => {
+                write!(f, "params.{key} added ({new})")
+            }
+            DirtyReason::ParamChanged { key, old: Some(old), new: None } => {
+                write!(f, "params.{key} removed (was {old})")
+            }
             DirtyReason::ParamChanged { key, .. } => write!(f, "params.{key} changed"),
             DirtyReason::DepAdded { dep } => write!(f, "new dependency {dep}"),
             DirtyReason::DepRemoved { dep } => write!(f, "dependency {dep} removed"),
@@ -150,7 +175,9 @@ pub fn canonical_json(value: &Value) -> String {
                 .collect();
             format!("{{{}}}", body.join(","))
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(","))
+        }
         other => other.to_string(),
     }
 }

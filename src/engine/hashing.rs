@@ -50,10 +50,8 @@ pub struct StatCache {
 impl StatCache {
     /// Loads the cache; a missing or unreadable cache file is an empty cache.
     pub fn load(path: &Path) -> Self {
-        let entries = fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let entries =
+            fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
         Self { entries: Mutex::new(entries), dirty: Mutex::new(false), path: Some(path.to_path_buf()) }
     }
 

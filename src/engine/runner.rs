@@ -128,7 +128,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Why a stage with these (possibly unknown) inputs is stale, judged against the lock file.
-    fn reasons(&self, stage: &StageSpec, resolved: Option<&ResolvedInputs>, stale_upstream: &[String]) -> Vec<DirtyReason> {
+    fn reasons(
+        &self,
+        stage: &StageSpec,
+        resolved: Option<&ResolvedInputs>,
+        stale_upstream: &[String],
+    ) -> Vec<DirtyReason> {
         let Some(locked) = self.lock.stages.get(&stage.name) else {
             return vec![DirtyReason::NeverRun];
         };
@@ -165,8 +170,12 @@ impl<'a> Runner<'a> {
             let state = match resolved.as_ref().map(|r| (r.fingerprint.digest(), r)) {
                 Some((fingerprint, _)) if self.store.manifest(&fingerprint).is_some() => {
                     let manifest = self.store.manifest(&fingerprint).expect("checked");
-                    let restored_from_cache =
-                        self.lock.stages.get(&name).map(|locked| locked.fingerprint != fingerprint).unwrap_or(true);
+                    let restored_from_cache = self
+                        .lock
+                        .stages
+                        .get(&name)
+                        .map(|locked| locked.fingerprint != fingerprint)
+                        .unwrap_or(true);
                     let output_dir = self.store.output_dir(&fingerprint);
                     done.insert(name.clone(), Done { manifest, output_dir, ran: false });
                     StageState::Fresh { fingerprint, restored_from_cache }
@@ -198,7 +207,9 @@ impl<'a> Runner<'a> {
                 // Start every ready stage (cached ones complete immediately).
                 while failure.is_none() && running.len() < jobs {
                     let Some(index) = pending.iter().position(|name| {
-                        self.dag.upstream[name].iter().all(|up| done.contains_key(up) || !selected.contains(up))
+                        self.dag.upstream[name]
+                            .iter()
+                            .all(|up| done.contains_key(up) || !selected.contains(up))
                     }) else {
                         break;
                     };
@@ -211,7 +222,12 @@ impl<'a> Runner<'a> {
                             let output_dir = self.store.output_dir(&fingerprint);
                             self.record(stage, &resolved, &manifest)?;
                             self.say(format!("  cached  {:<12} {}", name, &fingerprint[..12]));
-                            outcomes.push(StageOutcome { stage: name.clone(), fingerprint, ran: false, seconds: 0.0 });
+                            outcomes.push(StageOutcome {
+                                stage: name.clone(),
+                                fingerprint,
+                                ran: false,
+                                seconds: 0.0,
+                            });
                             done.insert(name, Done { manifest, output_dir, ran: false });
                             continue;
                         }
@@ -219,7 +235,11 @@ impl<'a> Runner<'a> {
                     let why = if options.force {
                         DirtyReason::Forced.to_string()
                     } else {
-                        self.reasons(stage, Some(&resolved), &[]).iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                        self.reasons(stage, Some(&resolved), &[])
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     };
                     self.say(format!("  run     {:<12} ({why})", name));
                     let context = self.context(stage, &resolved, &fingerprint, &done)?;

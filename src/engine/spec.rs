@@ -181,7 +181,8 @@ pub fn parse(
     let mut stage_params: IndexMap<String, Value> = IndexMap::new();
     for (name, stage) in &raw.stages {
         validate_stage_name(name)?;
-        stage_params.insert(name.clone(), yaml_to_json(stage.params.clone(), &format!("stages.{name}.params"))?);
+        stage_params
+            .insert(name.clone(), yaml_to_json(stage.params.clone(), &format!("stages.{name}.params"))?);
     }
     apply_overrides(&mut params, &mut stage_params, overrides)?;
 
@@ -260,7 +261,12 @@ fn validate_stage(
         for dep in &deps {
             if !inputs.iter().any(|input| input.name == dep.name) {
                 let known: Vec<_> = inputs.iter().map(|input| input.name).collect();
-                bail!("{key}.deps.{}: kind `{}` has no input of that name (inputs: {})", dep.name, kind.name(), known.join(", "));
+                bail!(
+                    "{key}.deps.{}: kind `{}` has no input of that name (inputs: {})",
+                    dep.name,
+                    kind.name(),
+                    known.join(", ")
+                );
             }
         }
         for input in inputs.iter().filter(|input| input.required) {
@@ -282,8 +288,8 @@ fn validate_deps(root: &Path, key: &str, raw: RawDeps, stage_names: &[&str]) -> 
     pairs
         .into_iter()
         .map(|(name, target)| {
-            let source = resolve_dep(root, &target, stage_names)
-                .with_context(|| format!("{key}.deps.{name}"))?;
+            let source =
+                resolve_dep(root, &target, stage_names).with_context(|| format!("{key}.deps.{name}"))?;
             Ok(DepSpec { name, source })
         })
         .collect()
@@ -312,13 +318,19 @@ fn resolve_dep(root: &Path, target: &str, stage_names: &[&str]) -> Result<DepSou
     Ok(DepSource::Workspace(path.to_path_buf()))
 }
 
-fn apply_overrides(params: &mut Value, stage_params: &mut IndexMap<String, Value>, overrides: &[Override]) -> Result<()> {
+fn apply_overrides(
+    params: &mut Value,
+    stage_params: &mut IndexMap<String, Value>,
+    overrides: &[Override],
+) -> Result<()> {
     for item in overrides {
         let (head, rest) = item.path.split_first().expect("validated in from_str");
         let target = if head == "params" {
             &mut *params
         } else {
-            stage_params.get_mut(head).ok_or_else(|| anyhow!("-S {}: no stage `{head}`", item.path.join(".")))?
+            stage_params
+                .get_mut(head)
+                .ok_or_else(|| anyhow!("-S {}: no stage `{head}`", item.path.join(".")))?
         };
         set_path(target, rest, item.value.clone()).with_context(|| format!("-S {}", item.path.join(".")))?;
     }
@@ -346,7 +358,11 @@ fn interpolate(value: &Value, params: &Value, key: &str) -> Result<Value> {
     Ok(match value {
         Value::String(text) => interpolate_string(text, params).with_context(|| key.to_string())?,
         Value::Array(items) => Value::Array(
-            items.iter().enumerate().map(|(i, item)| interpolate(item, params, &format!("{key}[{i}]"))).collect::<Result<_>>()?,
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| interpolate(item, params, &format!("{key}[{i}]")))
+                .collect::<Result<_>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()

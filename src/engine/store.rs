@@ -82,7 +82,13 @@ impl Store {
     }
 
     /// Hashes the outputs, writes the manifest and moves the artifact into place.
-    pub fn commit(&self, fingerprint: &str, kind: &str, outputs: &[String], seconds: f64) -> Result<Manifest> {
+    pub fn commit(
+        &self,
+        fingerprint: &str,
+        kind: &str,
+        outputs: &[String],
+        seconds: f64,
+    ) -> Result<Manifest> {
         let tmp = self.tmp_dir(fingerprint);
         let out = tmp.join("out");
         let mut hashes = BTreeMap::new();

@@ -101,7 +101,8 @@ impl Workspace {
     /// Takes the workspace lock, waiting for another run to finish unless `wait` is false.
     pub fn lock(&self, wait: bool) -> Result<RunLock> {
         let path = self.state_dir().join("run.lock");
-        fs::create_dir_all(self.state_dir()).with_context(|| format!("creating {}", self.state_dir().display()))?;
+        fs::create_dir_all(self.state_dir())
+            .with_context(|| format!("creating {}", self.state_dir().display()))?;
         let mut file = File::options()
             .read(true)
             .write(true)
@@ -120,7 +121,9 @@ impl Workspace {
                 eprintln!("waiting: another `pipe` (pid {}) holds {}", busy.holder, busy.path);
                 file.lock().with_context(|| format!("locking {}", path.display()))?;
             }
-            Err(TryLockError::Error(err)) => return Err(err).with_context(|| format!("locking {}", path.display())),
+            Err(TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {}", path.display()))
+            }
         }
         file.set_len(0)?;
         write!(file, "{}", std::process::id())?;

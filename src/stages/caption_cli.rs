@@ -48,7 +48,10 @@ pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &CaptionArgs) -> Re
     let vocab = resolve(train, "vocab")?;
     let features_stage = match &train.deps.iter().find(|d| d.name == "features").map(|d| &d.source) {
         Some(DepSource::Stage { stage, .. }) => pipeline.stage(stage).expect("validated"),
-        _ => bail!("stage {}: its `features` dep is not a features stage, so the backbone is unknown", train.name),
+        _ => bail!(
+            "stage {}: its `features` dep is not a features stage, so the backbone is unknown",
+            train.name
+        ),
     };
     let backbone = resolve(features_stage, "backbone")?;
 
@@ -69,12 +72,17 @@ fn train_stage<'a>(pipeline: &'a Pipeline, name: Option<&str>) -> Result<&'a Sta
     match (trains.next(), trains.next()) {
         (Some(stage), None) => Ok(stage),
         (None, _) => bail!("{} has no `train` stage", pipeline.file.display()),
-        (Some(_), Some(_)) => bail!("{} has several train stages: pick one with --model", pipeline.file.display()),
+        (Some(_), Some(_)) => {
+            bail!("{} has several train stages: pick one with --model", pipeline.file.display())
+        }
     }
 }
 
 fn resolve_stage_output(lock: &LockFile, store: &Store, stage: &str) -> Result<PathBuf> {
-    let locked = lock.stages.get(stage).ok_or_else(|| anyhow!("stage {stage} has not run yet: run `pipe run {stage}`"))?;
+    let locked = lock
+        .stages
+        .get(stage)
+        .ok_or_else(|| anyhow!("stage {stage} has not run yet: run `pipe run {stage}`"))?;
     let dir = store.output_dir(&locked.fingerprint);
     if !dir.exists() {
         bail!("stage {stage}: its artifact is not in the store (removed by gc?): run `pipe run {stage}`");
@@ -86,7 +94,8 @@ fn resolve_dep(workspace: &Workspace, lock: &LockFile, store: &Store, source: &D
     match source {
         DepSource::Workspace(path) => Ok(workspace.root.join(path)),
         DepSource::Stage { stage, path } => {
-            let dir = resolve_stage_output(lock, store, stage).with_context(|| format!("resolving {source}"))?;
+            let dir =
+                resolve_stage_output(lock, store, stage).with_context(|| format!("resolving {source}"))?;
             Ok(path.as_ref().map(|p| dir.join(p)).unwrap_or(dir))
         }
     }

@@ -107,12 +107,17 @@ impl StageKind for TestConcat {
     fn run(&self, ctx: &StageContext) -> Result<()> {
         use std::io::Write;
         let params: ConcatParams = ctx.params()?;
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(ctx.workspace.join("runs.log"))?;
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(ctx.workspace.join("runs.log"))?;
         writeln!(log, "{}", ctx.stage)?;
         let mut text = String::new();
         for (name, path) in &ctx.inputs {
             let body = if path.is_dir() {
-                crate::engine::hashing::list_files(path)?.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",")
+                crate::engine::hashing::list_files(path)?
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             } else {
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
             };
