@@ -104,7 +104,10 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     assert!(shown.contains("bleu_4"), "{shown}");
     // The committed lock names the first run's metrics; the workspace has the hidden=128 run's.
     let diff = pipe(root, &["metrics", "--diff", "HEAD"]);
-    let row = diff.lines().find(|l| l.starts_with("score") && l.contains("bleu_4 ")).unwrap_or_else(|| panic!("{diff}"));
+    let row = diff
+        .lines()
+        .find(|l| l.starts_with("score") && l.contains("bleu_4 "))
+        .unwrap_or_else(|| panic!("{diff}"));
     let old_bleu4 = format!("{bleu4:.4}");
     assert!(row.contains(&old_bleu4), "the HEAD column must show the first run's BLEU-4 {old_bleu4}: {row}");
 
