@@ -167,9 +167,10 @@ impl<'a> Runner<'a> {
             let stale_upstream: Vec<String> =
                 stage.upstream().filter(|up| !done.contains_key(*up)).map(str::to_string).collect();
             let resolved = if stale_upstream.is_empty() { self.resolve(stage, &done)? } else { None };
-            let state = match resolved.as_ref().map(|r| (r.fingerprint.digest(), r)) {
-                Some((fingerprint, _)) if self.store.manifest(&fingerprint).is_some() => {
-                    let manifest = self.store.manifest(&fingerprint).expect("checked");
+            let fingerprint = resolved.as_ref().map(|r| r.fingerprint.digest());
+            let manifest = fingerprint.as_deref().and_then(|fp| self.store.manifest(fp));
+            let state = match (fingerprint, manifest) {
+                (Some(fingerprint), Some(manifest)) => {
                     let restored_from_cache = self
                         .lock
                         .stages
