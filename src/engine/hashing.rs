@@ -117,12 +117,15 @@ pub fn hash_uncached(path: &Path) -> Result<String> {
     if !meta.is_dir() {
         return hash_file(path);
     }
-    let files = list_files(path)?;
-    let hashes: Vec<(String, String)> = files
+    Ok(combine_tree(&hash_tree_files(path)?))
+}
+
+/// `(relative path, content hash)` of every file below `dir`, in [`list_files`] order.
+pub fn hash_tree_files(dir: &Path) -> Result<Vec<(String, String)>> {
+    list_files(dir)?
         .par_iter()
-        .map(|inner| Ok((inner.to_string_lossy().into_owned(), hash_file(&path.join(inner))?)))
-        .collect::<Result<_>>()?;
-    Ok(combine_tree(&hashes))
+        .map(|inner| Ok((inner.to_string_lossy().into_owned(), hash_file(&dir.join(inner))?)))
+        .collect()
 }
 
 /// blake3 of a file's bytes, as hex.
@@ -154,7 +157,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The hash of a tree: blake3 over its sorted `path\0hash\n` lines.
-fn combine_tree(entries: &[(String, String)]) -> String {
+pub fn combine_tree(entries: &[(String, String)]) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"tree\n");
     for (path, hash) in entries {

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::fsutil::{remove_path, write_atomic};
-use crate::engine::hashing::hash_uncached;
+use crate::engine::hashing::{combine_tree, hash_tree_files, hash_uncached};
 
 /// What a complete artifact records about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,19 +91,21 @@ impl Store {
     ) -> Result<Manifest> {
         let tmp = self.tmp_dir(fingerprint);
         let out = tmp.join("out");
+        // Every file is read once; output hashes and the tree hash are derived from the list.
+        let files = hash_tree_files(&out)?;
         let mut hashes = BTreeMap::new();
         for name in outputs {
             let path = out.join(name);
             if !path.exists() {
                 bail!("the stage did not write its declared output `{name}`");
             }
-            hashes.insert(name.clone(), hash_uncached(&path)?);
+            hashes.insert(name.clone(), output_hash(&files, name, &path)?);
         }
         let manifest = Manifest {
             fingerprint: fingerprint.to_string(),
             kind: kind.to_string(),
             outputs: hashes,
-            tree_hash: hash_uncached(&out)?,
+            tree_hash: combine_tree(&files),
             seconds,
         };
         write_atomic(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
@@ -161,6 +163,23 @@ impl Store {
     }
 }
 
+/// The hash of one declared output, taken from the already hashed files of `out/`: a
+/// file's own hash, or a directory's tree hash over its files relative to it.
+fn output_hash(files: &[(String, String)], name: &str, path: &Path) -> Result<String> {
+    if path.is_dir() {
+        let prefix = format!("{}/", name.trim_end_matches('/'));
+        let inner: Vec<(String, String)> = files
+            .iter()
+            .filter_map(|(file, hash)| Some((file.strip_prefix(&prefix)?.to_string(), hash.clone())))
+            .collect();
+        return Ok(combine_tree(&inner));
+    }
+    match files.iter().find(|(file, _)| file == name) {
+        Some((_, hash)) => Ok(hash.clone()),
+        None => hash_uncached(path),
+    }
+}
+
 /// Disk usage of a path, in bytes.
 pub fn disk_usage(path: &Path) -> u64 {
     walkdir::WalkDir::new(path)
@@ -187,8 +206,15 @@ mod tests {
         assert!(err.to_string().contains("missing"));
         assert!(store.manifest("fp1").is_none());
 
-        let manifest = store.commit("fp1", "k", &["a.txt".into()], 0.5).unwrap();
-        assert_eq!(store.manifest("fp1"), Some(manifest));
+        fs::create_dir_all(out.join("dir/sub")).unwrap();
+        fs::write(out.join("dir/sub/b.txt"), "beta").unwrap();
+        fs::write(out.join("dir/c.txt"), "gamma").unwrap();
+        let manifest = store.commit("fp1", "k", &["a.txt".into(), "dir".into()], 0.5).unwrap();
+        assert_eq!(store.manifest("fp1"), Some(manifest.clone()));
+        let committed = store.output_dir("fp1");
+        assert_eq!(manifest.outputs["a.txt"], hash_uncached(&committed.join("a.txt")).unwrap());
+        assert_eq!(manifest.outputs["dir"], hash_uncached(&committed.join("dir")).unwrap());
+        assert_eq!(manifest.tree_hash, hash_uncached(&committed).unwrap());
         assert!(store.verify("fp1").is_empty());
         fs::write(store.output_dir("fp1").join("a.txt"), "tampered").unwrap();
         assert_eq!(store.verify("fp1"), ["a.txt: content changed"]);
