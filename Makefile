@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make run` and `make test`. Both set up first.
 # One cargo profile (release) serves run, test and bench, so polars and tch build once.
+# The workspace builds two binaries: `pipe` (no libtorch) and its worker `pipe-torch`.
 
 export LIBTORCH_USE_PYTORCH := 1
 # tch 0.24 pins an older libtorch; 2.11's C++ API is what it needs (see README, troubleshooting).
@@ -19,7 +20,9 @@ build: setup
 run: build
 	$(PIPE) run
 
+# The binaries first: the end-to-end tests run `pipe`, which starts `pipe-torch` beside it.
 test: setup
+	$(CARGO) build --release --locked
 	$(CARGO) test --release --locked
 
 bench: build

@@ -6,7 +6,6 @@
 pub mod data;
 pub mod engine;
 pub mod metrics;
-pub mod model;
 pub mod stages;
 
 pub mod cli;

@@ -208,3 +208,62 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
         assert!(dom.contains(&format!("<td>{shown}</td>")), "{key} = {shown} not shown in the report");
     }
 }
+
+/// The pid of a `pipe-torch` worker whose parent is `parent`, if one runs.
+fn worker_of(parent: u32) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+        // stat: "pid (comm) state ppid ...": the fields after the last ')'.
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        (comm.trim() == "pipe-torch" && ppid == parent).then_some(pid)
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z")
+    })
+}
+
+#[test]
+fn killing_pipe_mid_stage_kills_its_worker_and_the_next_run_completes() {
+    let dir = project();
+    let root = dir.path();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["run", "features", "-S", "synth.images=300"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let worker = loop {
+        if let Some(pid) = worker_of(run.id()) {
+            break pid;
+        }
+        assert!(run.try_wait().unwrap().is_none(), "pipe ended before its features worker was seen");
+        assert!(started.elapsed().as_secs() < 300, "no pipe-torch worker appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Let the worker get past its start-up (where it checks that its parent lives) and
+    // into its forward passes, then SIGKILL the parent: no chance to clean up.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(alive(worker), "the worker ended before the kill");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while alive(worker) {
+        assert!(killed.elapsed().as_secs() < 10, "worker {worker} outlived its killed parent");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let verified = pipe(root, &["verify"]);
+    assert!(verified.contains(", 0 damaged"), "{verified}");
+    let rerun = pipe(root, &["run", "features", "-S", "synth.images=300"]);
+    assert!(ran_stages(&rerun).contains(&"features".to_string()), "{rerun}");
+    let features = root.join("data/out/features/features.json");
+    let summary: serde_json::Value = serde_json::from_str(&fs::read_to_string(features).unwrap()).unwrap();
+    assert_eq!(summary["count"], 300, "{summary}");
+}

@@ -10,4 +10,5 @@ pub mod runner;
 pub mod spec;
 pub mod stage;
 pub mod store;
+pub mod worker;
 pub mod workspace;

@@ -6,14 +6,13 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use crate::engine::dag::Dag;
 use crate::engine::fingerprint::{DirtyReason, Fingerprint};
 use crate::engine::hashing::{hash_uncached, StatCache};
 use crate::engine::lockfile::{LockFile, LockedStage};
 use crate::engine::spec::{DepSource, Pipeline, StageSpec};
-use crate::engine::stage::{LineageEntry, StageContext};
+use crate::engine::stage::{LineageEntry, Progress, StageContext};
 use crate::engine::store::{Manifest, Store};
 use crate::engine::workspace::Workspace;
 
@@ -63,15 +62,12 @@ pub struct Runner<'a> {
     store: Store,
     stat_cache: StatCache,
     lock: LockFile,
-    progress: MultiProgress,
+    progress: Progress,
 }
 
 impl<'a> Runner<'a> {
     pub fn new(workspace: &'a Workspace, pipeline: &'a Pipeline) -> Result<Self> {
-        let progress = MultiProgress::new();
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            progress.set_draw_target(ProgressDrawTarget::hidden());
-        }
+        let progress = Progress::stderr();
         Ok(Self {
             workspace,
             pipeline,
@@ -359,11 +355,7 @@ impl<'a> Runner<'a> {
     }
 
     fn say(&self, line: String) {
-        if self.progress.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            let _ = self.progress.println(line);
-        }
+        self.progress.println(&line);
     }
 }
 

@@ -7,8 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::{anyhow, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -93,7 +95,68 @@ pub struct StageContext {
     pub workspace: PathBuf,
     /// The stages upstream of this one, in run order (for reports; not hashed).
     pub lineage: Vec<LineageEntry>,
-    pub progress: MultiProgress,
+    pub progress: Progress,
+}
+
+/// Where a stage's progress bars and log lines go: the terminal, nowhere (not a
+/// terminal, or a test), or the parent process of a worker (see `engine::worker`).
+#[derive(Clone)]
+pub struct Progress {
+    multi: MultiProgress,
+    /// Every bar handed out, so a worker can forward their state.
+    bars: Arc<Mutex<Vec<ProgressBar>>>,
+    forward_logs: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+}
+
+impl Progress {
+    /// Bars on stderr when it is a terminal; log lines on stderr otherwise.
+    pub fn stderr() -> Self {
+        let multi = MultiProgress::new();
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Self { multi, bars: Default::default(), forward_logs: None }
+    }
+
+    /// No bars; log lines still go to stderr.
+    pub fn hidden() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+            bars: Default::default(),
+            forward_logs: None,
+        }
+    }
+
+    /// No bars drawn here; log lines go to `forward`, and bars are read back with [`Self::bars`].
+    pub fn forwarding(forward: Arc<dyn Fn(&str) + Send + Sync>) -> Self {
+        Self { forward_logs: Some(forward), ..Self::hidden() }
+    }
+
+    pub fn add(&self, bar: ProgressBar) -> ProgressBar {
+        let bar = self.multi.add(bar);
+        self.bars.lock().expect("progress bars lock").push(bar.clone());
+        bar
+    }
+
+    /// The bars handed out so far, oldest first.
+    pub fn bars(&self) -> Vec<ProgressBar> {
+        self.bars.lock().expect("progress bars lock").clone()
+    }
+
+    /// Prints a line above the bars without tearing them.
+    pub fn println(&self, line: &str) {
+        if let Some(forward) = &self.forward_logs {
+            forward(line);
+        } else if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+
+    pub fn is_hidden(&self) -> bool {
+        self.multi.is_hidden()
+    }
 }
 
 /// What the runner knows about an upstream stage: handed forward, never looked up.
@@ -144,11 +207,6 @@ impl StageContext {
 
     /// Prints a line without tearing progress bars.
     pub fn log(&self, line: impl AsRef<str>) {
-        let text = format!("  {}: {}", self.stage, line.as_ref());
-        if self.progress.is_hidden() {
-            eprintln!("{text}");
-        } else {
-            let _ = self.progress.println(text);
-        }
+        self.progress.println(&format!("  {}: {}", self.stage, line.as_ref()));
     }
 }

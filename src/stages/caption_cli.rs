@@ -3,8 +3,12 @@
 //! The model is the current artifact of the pipeline's `train` stage (per the lock file),
 //! with the vocabulary that stage trained on and the backbone of the `features` stage
 //! that fed it, so the captions match what `pipe run` would produce.
+//!
+//! The front end resolves those paths from the lock file and store; the decoding runs in
+//! the libtorch worker (`pipe-torch caption`).
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -12,9 +16,10 @@ use clap::Args;
 use crate::engine::lockfile::LockFile;
 use crate::engine::spec::{DepSource, Pipeline, StageSpec};
 use crate::engine::store::Store;
+use crate::engine::worker::worker_program;
 use crate::engine::workspace::Workspace;
-use crate::model::backbone::DeviceChoice;
-use crate::stages::caption::{caption_images, CaptionImagesOptions, DecodeSettings, DecoderKind};
+use crate::stages::device::DeviceChoice;
+use crate::stages::TORCH_WORKER;
 
 #[derive(Args)]
 pub struct CaptionArgs {
@@ -55,13 +60,25 @@ pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &CaptionArgs) -> Re
     };
     let backbone = resolve(features_stage, "backbone")?;
 
-    let decoder = if args.beam <= 1 { DecoderKind::Greedy } else { DecoderKind::Beam };
-    let settings = DecodeSettings { decoder, beam_width: args.beam.max(1), ..DecodeSettings::default() };
-    let options = CaptionImagesOptions { settings, device: args.device };
-    for (path, caption, log_prob) in caption_images(&model_dir, &vocab, &backbone, &args.images, &options)? {
-        println!("{}\t{caption}\t(log p {log_prob:.2})", path.display());
-    }
-    Ok(0)
+    let program = worker_program(TORCH_WORKER)?;
+    let status = Command::new(&program)
+        .arg("caption")
+        .arg("--model-dir")
+        .arg(&model_dir)
+        .arg("--vocab")
+        .arg(&vocab)
+        .arg("--backbone")
+        .arg(&backbone)
+        .arg("--beam")
+        .arg(args.beam.to_string())
+        .arg("--device")
+        .arg(args.device.to_string())
+        .arg("--")
+        .args(&args.images)
+        .status()
+        .with_context(|| format!("starting {}", program.display()))?;
+    // The worker has printed its own error; pass its exit code on.
+    Ok(status.code().and_then(|code| u8::try_from(code).ok()).unwrap_or(1))
 }
 
 fn train_stage<'a>(pipeline: &'a Pipeline, name: Option<&str>) -> Result<&'a StageSpec> {

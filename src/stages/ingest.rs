@@ -449,7 +449,6 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use indicatif::{MultiProgress, ProgressDrawTarget};
     use polars::prelude::DataType;
     use serde_json::json;
 
@@ -466,7 +465,7 @@ pub(crate) mod tests {
             cache_dir: out_dir.join(".cache"),
             workspace: out_dir.to_path_buf(),
             lineage: Vec::new(),
-            progress: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+            progress: crate::engine::stage::Progress::hidden(),
         }
     }
 

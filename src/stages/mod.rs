@@ -7,6 +7,7 @@ use crate::engine::stage::StageKind;
 pub mod caption;
 pub mod caption_cli;
 pub mod cmd;
+pub mod device;
 pub mod features;
 pub mod ingest;
 pub mod report;
@@ -14,6 +15,11 @@ pub mod score;
 pub mod synth;
 pub mod tokenize;
 pub mod train;
+
+/// The worker binary (the `pipe-torch` crate) that runs the kinds needing libtorch:
+/// features, train and caption. This crate declares those kinds; `pipe` never links
+/// libtorch, whose static initialisers cost ~0.3 s per start (see `engine::worker`).
+pub const TORCH_WORKER: &str = "pipe-torch";
 
 /// Every built-in kind, by `kind:` name.
 pub fn registry() -> Vec<Arc<dyn StageKind>> {

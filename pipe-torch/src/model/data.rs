@@ -14,10 +14,10 @@ use polars::prelude::{Column, DataFrame, DataType};
 use tch::Tensor;
 
 use super::train::CaptionSet;
-use crate::data::table;
+use pipe::data::table;
 
 /// `vocab.json`, read by the tokenize kind's own type so both sides agree on it.
-pub use crate::data::vocab::Vocab;
+pub use pipe::data::vocab::Vocab;
 
 /// Word ids (no start/end) → a caption string.
 pub fn caption_text(vocab: &Vocab, ids: &[i64]) -> String {
@@ -264,9 +264,9 @@ pub(crate) mod tests {
 
     /// A vocabulary of `words` plus pad, unk, startseq and endseq (sorted after pad/unk).
     pub(crate) fn vocab_of(words: &[&str]) -> Vocab {
-        let mut counts = crate::data::vocab::WordCounts::default();
+        let mut counts = pipe::data::vocab::WordCounts::default();
         counts.add(&words.join(" "));
-        Vocab::build(&counts, 1, &crate::data::clean::Cleaning::default()).unwrap()
+        Vocab::build(&counts, 1, &pipe::data::clean::Cleaning::default()).unwrap()
     }
 
     #[test]

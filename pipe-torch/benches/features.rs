@@ -4,7 +4,7 @@
 //! cargo bench --bench features -- [IMAGES_DIR] [--limit N] [--batch 32] [--device cpu]
 //!     [--precision fp32] [--torch-threads N] [--decode-threads N] [--backbone DIR]
 //! ```
-//! IMAGES_DIR (default ../shared/flickr8k/images next to the crate) holds JPEG/PNG files;
+//! IMAGES_DIR (default ../shared/flickr8k/images beside the repository) holds JPEG/PNG files;
 //! BACKBONE defaults to data/models/efficientnet_lite0 (run scripts/export_backbone.py).
 //! End to end = read + decode + resize + normalize + forward through `Backbone::extract`,
 //! with decoding on its own threads. Forward-only = the same number of batches of random
@@ -14,11 +14,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe::model::backbone::{bench, list_images, Backbone, DeviceChoice, Precision, ThreadPlan};
+use pipe_torch::model::backbone::{bench, list_images, Backbone, DeviceChoice, Precision, ThreadPlan};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let images = positional(&args).map_or_else(|| root.join("../shared/flickr8k/images"), PathBuf::from);
     let backbone =
         flag(&args, "--backbone").map_or_else(|| root.join("data/models/efficientnet_lite0"), PathBuf::from);

@@ -26,11 +26,9 @@
 //! cannot be read or decoded, or that exceeds the decoder's limits, is reported as a
 //! [`Skipped`] image and never stops the run.
 
-use std::fmt;
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread;
 use std::time::Instant;
@@ -41,6 +39,8 @@ use image::{ImageFormat, ImageReader, Limits, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{CModule, Device, Kind, Tensor};
+
+pub use pipe::stages::device::{DeviceChoice, Precision};
 
 /// The TorchScript file inside a backbone directory.
 pub const MODEL_FILE: &str = "model.pt";
@@ -132,59 +132,14 @@ pub fn content_hash(dir: &Path) -> Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
-/// Where the forward pass runs: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| anyhow!("unknown device `{s}` (expected auto, cpu, cuda or cuda:N)")),
-        }
-    }
-}
-
-impl TryFrom<String> for DeviceChoice {
-    type Error = anyhow::Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<DeviceChoice> for String {
-    fn from(d: DeviceChoice) -> String {
-        d.to_string()
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
-
-impl DeviceChoice {
+/// The libtorch device a [`DeviceChoice`] names.
+pub trait ResolveDevice {
     /// The concrete device, failing clearly when CUDA is asked for but absent.
-    pub fn resolve(self) -> Result<Device> {
+    fn resolve(self) -> Result<Device>;
+}
+
+impl ResolveDevice for DeviceChoice {
+    fn resolve(self) -> Result<Device> {
         if self != Self::Cpu {
             load_cuda_backend();
         }
@@ -230,31 +185,12 @@ fn load_cuda_backend() {
     });
 }
 
-/// Numeric precision of the forward pass. Features are always returned as f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Fp16,
-    Bf16,
-}
-
-impl Precision {
-    pub fn kind(self) -> Kind {
-        match self {
-            Self::Fp32 => Kind::Float,
-            Self::Fp16 => Kind::Half,
-            Self::Bf16 => Kind::BFloat16,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fp32 => "fp32",
-            Self::Fp16 => "fp16",
-            Self::Bf16 => "bf16",
-        }
+/// The tensor kind a forward pass at `precision` runs in.
+pub fn precision_kind(precision: Precision) -> Kind {
+    match precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Fp16 => Kind::Half,
+        Precision::Bf16 => Kind::BFloat16,
     }
 }
 
@@ -436,7 +372,7 @@ impl Backbone {
             .with_context(|| format!("loading TorchScript module {}", path.display()))?;
         module.set_eval();
         if precision != Precision::Fp32 {
-            module.to(device, precision.kind(), false);
+            module.to(device, precision_kind(precision), false);
         }
         let hash = content_hash(dir)?;
         let prep = Preprocess::new(&spec);
@@ -490,7 +426,7 @@ impl Backbone {
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
             let n = input.size()[0];
-            let x = input.to_device(self.device).to_kind(self.precision.kind());
+            let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
             let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
             ensure!(
                 y.size() == [n, self.spec.dim as i64],
@@ -690,17 +626,18 @@ pub fn bench(
 mod tests {
     use super::*;
 
-    fn crate_root() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    /// The repository root (this crate is `pipe-torch/` inside it).
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
     /// The exported Lite0 backbone; the project's set-up step exports it before tests run.
     fn lite0_dir() -> PathBuf {
-        crate_root().join("data/models/efficientnet_lite0")
+        repo_root().join("data/models/efficientnet_lite0")
     }
 
     fn photo(name: &str) -> PathBuf {
-        crate_root().join("tests/fixtures/photos").join(name)
+        repo_root().join("tests/fixtures/photos").join(name)
     }
 
     fn lite0() -> Backbone {
@@ -725,17 +662,6 @@ mod tests {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         dot / (norm(a) * norm(b))
-    }
-
-    #[test]
-    fn device_choice_parses_and_prints() {
-        for s in ["auto", "cpu", "cuda:0", "cuda:3"] {
-            assert_eq!(s.parse::<DeviceChoice>().unwrap().to_string(), s);
-        }
-        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
-        assert!("gpu".parse::<DeviceChoice>().is_err());
-        let json: DeviceChoice = serde_json::from_str("\"cuda:1\"").unwrap();
-        assert_eq!(json, DeviceChoice::Cuda(1));
     }
 
     #[test]

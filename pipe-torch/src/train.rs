@@ -1,0 +1,210 @@
+//! The training behind the `train` kind (params, inputs and outputs: `pipe::stages::train`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tch::{nn, Device, Kind};
+
+use crate::model::backbone::{ResolveDevice, ThreadPlan};
+use crate::model::data::{load_word_vectors, FeatureTable, TokenTable, Vocab};
+use crate::model::decoder::{DecoderConfig, MergeDecoder};
+use crate::model::train::{train, EpochRecord, History, TrainMonitor, TrainOptions};
+use pipe::engine::stage::StageContext;
+use pipe::stages::train::{TrainParams, CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE};
+
+/// Runs a `train` stage.
+pub fn run(ctx: &StageContext) -> Result<()> {
+    let params: TrainParams = ctx.params()?;
+    let inputs = TrainInputs {
+        tokens: artifact(ctx.input("tokens")?, "tokens.parquet"),
+        vocab: artifact(ctx.input("vocab")?, "vocab.json"),
+        features: artifact(ctx.input("features")?, "features.arrow"),
+        embeddings: ctx
+            .optional_input("embeddings")
+            .map(Path::to_path_buf)
+            .or_else(|| params.glove.as_ref().map(|g| ctx.workspace.join(g))),
+    };
+    let mut monitor = StageMonitor { ctx, bar: None, max_epochs: params.epochs };
+    let history = run_training(&inputs, &params, &ctx.out_dir, &mut monitor, &|line| ctx.log(line))?;
+    let best = &history.epochs[history.best_epoch.max(1) - 1];
+    ctx.log(format!(
+        "best epoch {} of {}: dev loss {}; {:.1} s/epoch",
+        history.best_epoch,
+        history.epochs.len(),
+        best.dev_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        mean_seconds(&history)
+    ));
+    Ok(())
+}
+
+/// The optimisation half of the params.
+fn options(params: &TrainParams, device: Device) -> TrainOptions {
+    TrainOptions {
+        lr: params.lr,
+        batch_size: params.batch_size,
+        max_epochs: params.epochs,
+        patience: params.patience,
+        lr_factor: params.lr_factor,
+        lr_patience: params.lr_patience,
+        label_smoothing: params.label_smoothing,
+        seed: params.seed,
+        device,
+    }
+}
+
+/// Resolved input files of a training run.
+pub struct TrainInputs {
+    pub tokens: PathBuf,
+    pub vocab: PathBuf,
+    pub features: PathBuf,
+    pub embeddings: Option<PathBuf>,
+}
+
+/// An input given as the upstream stage's directory means the conventional file inside it.
+pub fn artifact(path: &Path, file_name: &str) -> PathBuf {
+    if path.is_dir() {
+        path.join(file_name)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Loads the inputs, trains, and writes the three outputs into `out_dir`.
+pub fn run_training(
+    inputs: &TrainInputs,
+    params: &TrainParams,
+    out_dir: &Path,
+    monitor: &mut dyn TrainMonitor,
+    log: &dyn Fn(String),
+) -> Result<History> {
+    let device = params.device.resolve()?;
+    tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
+    let vocab = Vocab::load(&inputs.vocab)?;
+    let features = FeatureTable::load(&inputs.features)?;
+    let tokens = TokenTable::load(&inputs.tokens)?;
+    let max_len = params.max_len.unwrap_or(vocab.file.max_len).max(2);
+    let pad = vocab.file.pad_id as i64;
+    let train_set = tokens.caption_set(&params.train_split, &features, max_len, pad)?;
+    let dev_set = tokens.caption_set(&params.dev_split, &features, max_len, pad)?;
+    if train_set.is_empty() {
+        bail!("{}: no captions in split `{}`", inputs.tokens.display(), params.train_split);
+    }
+    if dev_set.is_empty() {
+        log(format!("no `{}` captions: early stopping watches the train loss", params.dev_split));
+    }
+    let cfg = DecoderConfig {
+        vocab_size: vocab.len() as i64,
+        feature_dim: features.dim(),
+        embed: params.embed,
+        hidden: params.hidden,
+        dense: params.dense,
+        dropout: params.dropout,
+        max_len: max_len as i64,
+        pad_id: pad,
+    };
+    log(format!(
+        "{} train / {} dev captions, vocabulary {}, features {}-d, on {device:?}",
+        train_set.len(),
+        dev_set.len(),
+        cfg.vocab_size,
+        cfg.feature_dim
+    ));
+    tch::manual_seed(params.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = MergeDecoder::new(&cfg, vs.root());
+    if let Some(path) = &inputs.embeddings {
+        let hits = set_word_vectors(&model, path, &vocab, params.freeze_embeddings)?;
+        log(format!("{hits} of {} words have pretrained vectors ({})", vocab.len(), path.display()));
+    }
+    let history =
+        train(&model, &vs, &features.matrix, &train_set, &dev_set, &options(params, device), monitor)?;
+    save_model(&mut vs, &cfg, &history, out_dir)?;
+    Ok(history)
+}
+
+/// Copies pretrained vectors into the embedding; frozen ones get no gradient (Adam skips them).
+fn set_word_vectors(model: &MergeDecoder, path: &Path, vocab: &Vocab, freeze: bool) -> Result<usize> {
+    let weights = &model.embed.ws;
+    let (matrix, hits) = load_word_vectors(path, vocab, weights)?;
+    tch::no_grad(|| {
+        let mut w = weights.shallow_clone();
+        w.copy_(&matrix.to_device(w.device()).to_kind(Kind::Float));
+    });
+    if freeze {
+        let _ = weights.set_requires_grad(false);
+    }
+    Ok(hits)
+}
+
+fn save_model(vs: &mut nn::VarStore, cfg: &DecoderConfig, history: &History, out_dir: &Path) -> Result<()> {
+    vs.set_device(Device::Cpu);
+    let weights = out_dir.join(WEIGHTS_FILE);
+    vs.save(&weights).with_context(|| format!("writing {}", weights.display()))?;
+    write_json(&out_dir.join(CONFIG_FILE), cfg)?;
+    write_json(&out_dir.join(HISTORY_FILE), history)
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn mean_seconds(history: &History) -> f64 {
+    history.epochs.iter().map(|e| e.seconds).sum::<f64>() / history.epochs.len().max(1) as f64
+}
+
+/// A progress bar per epoch and a log line when it ends.
+struct StageMonitor<'a> {
+    ctx: &'a StageContext,
+    bar: Option<ProgressBar>,
+    max_epochs: usize,
+}
+
+impl TrainMonitor for StageMonitor<'_> {
+    fn epoch_start(&mut self, epoch: usize, batches: usize) {
+        self.bar = Some(self.ctx.progress_bar(batches as u64, &format!("epoch {epoch}/{}", self.max_epochs)));
+    }
+
+    fn batch_done(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn epoch_end(&mut self, r: &EpochRecord) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.ctx.log(epoch_line(r));
+    }
+}
+
+/// "epoch 3: train 3.1234, dev 3.4567, lr 1.0e-3, 11.2 s (+0.8 s dev)".
+pub fn epoch_line(r: &EpochRecord) -> String {
+    let dev = r.dev_loss.map_or("-".to_string(), |l| format!("{l:.4}"));
+    format!(
+        "epoch {}: train {:.4}, dev {dev}, lr {:.1e}, {:.1} s (+{:.1} s dev)",
+        r.epoch, r.train_loss, r.lr, r.seconds, r.dev_seconds
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_params_are_the_default_options() {
+        let from_params = options(&TrainParams::default(), Device::Cpu);
+        let defaults = TrainOptions::default();
+        assert_eq!(
+            (from_params.lr, from_params.batch_size, from_params.max_epochs, from_params.patience),
+            (defaults.lr, defaults.batch_size, defaults.max_epochs, defaults.patience)
+        );
+        assert_eq!(
+            (from_params.lr_factor, from_params.lr_patience, from_params.label_smoothing, from_params.seed),
+            (defaults.lr_factor, defaults.lr_patience, defaults.label_smoothing, defaults.seed)
+        );
+    }
+}
