@@ -267,3 +267,55 @@ fn killing_pipe_mid_stage_kills_its_worker_and_the_next_run_completes() {
     let summary: serde_json::Value = serde_json::from_str(&fs::read_to_string(features).unwrap()).unwrap();
     assert_eq!(summary["count"], 300, "{summary}");
 }
+
+/// pipelines/flickr8k.yaml, as the README tells users to run it, on a miniature data set in
+/// the official Flickr8k layout (the `synth` kind writes exactly that layout).
+#[test]
+fn flickr8k_pipeline_runs_on_the_official_layout() {
+    let dir = project();
+    let root = dir.path();
+    fs::create_dir_all(root.join("pipelines")).unwrap();
+    fs::copy(repo().join("pipelines/flickr8k.yaml"), root.join("pipelines/flickr8k.yaml")).unwrap();
+    fs::write(
+        root.join("make_data.yaml"),
+        "stages:\n  synth:\n    kind: synth\n    params: {images: 150, size: 64, seed: 3}\n",
+    )
+    .unwrap();
+    pipe(root, &["-f", "make_data.yaml", "run"]);
+    let synth = root.join("data/out/make_data/synth");
+    let layout = root.join("data/flickr8k");
+    fs::create_dir_all(layout.join("images")).unwrap();
+    for entry in fs::read_dir(&synth).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fs::copy(&path, layout.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for entry in fs::read_dir(synth.join("images")).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, layout.join("images").join(path.file_name().unwrap())).unwrap();
+    }
+
+    let small = ["-S", "params.split=dev", "-S", "train.epochs=2", "-S", "caption.beam_width=2"];
+    let mut args = vec!["-f", "pipelines/flickr8k.yaml", "run"];
+    args.extend_from_slice(&small);
+    let first = pipe(root, &args);
+    assert_eq!(ran_stages(&first).len(), 9, "{first}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("data/out/flickr8k/score/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["split"], "dev", "{metrics}");
+    assert!(metrics["bleu_4"].as_f64().is_some(), "{metrics}");
+
+    // The README's maintenance commands on this workspace.
+    let hashed = pipe(root, &["hash", "data/flickr8k"]);
+    assert!(hashed.contains("data/flickr8k"), "{hashed}");
+    let dry = pipe(root, &["-f", "pipelines/flickr8k.yaml", "gc", "--dry-run"]);
+    let status = pipe(root, &["-f", "pipelines/flickr8k.yaml", "status", "-S", "params.split=dev"]);
+    assert!(!status.contains("never run"), "{status}");
+    let again = pipe(root, &args);
+    assert!(
+        again.contains("9 stages: 0 ran, 9 cached"),
+        "gc --dry-run must not remove anything: {dry}\n{again}"
+    );
+}

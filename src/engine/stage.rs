@@ -105,8 +105,11 @@ pub struct Progress {
     multi: MultiProgress,
     /// Every bar handed out, so a worker can forward their state.
     bars: Arc<Mutex<Vec<ProgressBar>>>,
-    forward_logs: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    forward_logs: Option<LogSink>,
 }
+
+/// Where a worker's log lines go instead of stderr.
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Progress {
     /// Bars on stderr when it is a terminal; log lines on stderr otherwise.
@@ -128,7 +131,7 @@ impl Progress {
     }
 
     /// No bars drawn here; log lines go to `forward`, and bars are read back with [`Self::bars`].
-    pub fn forwarding(forward: Arc<dyn Fn(&str) + Send + Sync>) -> Self {
+    pub fn forwarding(forward: LogSink) -> Self {
         Self { forward_logs: Some(forward), ..Self::hidden() }
     }
 

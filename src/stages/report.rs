@@ -83,7 +83,7 @@ impl StageKind for Report {
         };
         let dir = ctx.output(REPORT_DIR);
         let shown = write_report(&inputs, &params, &ctx.lineage, &dir)?;
-        ctx.log(format!("wrote {} with {shown} gallery images", dir.join(INDEX_FILE).display()));
+        ctx.log(format!("wrote {REPORT_DIR}/{INDEX_FILE} with {shown} gallery images"));
         Ok(())
     }
 }

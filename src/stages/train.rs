@@ -89,7 +89,12 @@ impl TrainParams {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("dropout must be in [0, 1), got {}", self.dropout);
         }
-        if !(self.lr > 0.0) || self.batch_size == 0 || self.epochs == 0 || self.patience == 0 {
+        // `lr > 0.0` is false for NaN too, which must also be refused.
+        if self.lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || self.batch_size == 0
+            || self.epochs == 0
+            || self.patience == 0
+        {
             bail!("lr, batch_size, epochs and patience must be positive");
         }
         if !(self.lr_factor > 0.0 && self.lr_factor <= 1.0) {

@@ -345,6 +345,9 @@ struct DecodedBatch {
     skipped: Vec<Skipped>,
 }
 
+/// What [`Backbone::extract_all`] returns: a vector per path (`None` when skipped), and the skips.
+pub type ExtractedAll = (Vec<Option<Vec<f32>>>, Vec<Skipped>);
+
 /// A loaded backbone, ready to turn images into features.
 pub struct Backbone {
     module: CModule,
@@ -487,11 +490,7 @@ impl Backbone {
     }
 
     /// Convenience over [`Self::extract`]: one `Option<Vec<f32>>` per path (None = skipped).
-    pub fn extract_all(
-        &self,
-        paths: &[PathBuf],
-        opts: &ExtractOptions,
-    ) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+    pub fn extract_all(&self, paths: &[PathBuf], opts: &ExtractOptions) -> Result<ExtractedAll> {
         let mut out = vec![None; paths.len()];
         let mut skipped = Vec::new();
         let dim = self.dim();
