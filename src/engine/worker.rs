@@ -252,3 +252,60 @@ fn die_with_parent() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[test]
+    fn messages_are_one_json_line_each_and_read_back() {
+        let messages = [
+            WorkerMessage::Bar { index: 2, len: 10, pos: 3, message: "epoch 1/5".into(), finished: false },
+            WorkerMessage::Log("  train: epoch 1: train 3.1\nsecond line".into()),
+            WorkerMessage::Error("stage train: no train captions".into()),
+        ];
+        for message in messages {
+            let line = serde_json::to_string(&message).unwrap();
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(serde_json::from_str::<WorkerMessage>(&line).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn only_changed_bars_are_reported() {
+        let progress = Progress::hidden();
+        let first = progress.add(ProgressBar::new(10));
+        let sent_lines = RefCell::new(Vec::new());
+        let send =
+            |message: &WorkerMessage| sent_lines.borrow_mut().push(serde_json::to_string(message).unwrap());
+        let mut sent = Vec::new();
+
+        report_bars(&progress, &mut sent, &send);
+        assert_eq!(sent_lines.borrow().len(), 1);
+        report_bars(&progress, &mut sent, &send);
+        assert_eq!(sent_lines.borrow().len(), 1, "nothing changed, nothing sent");
+
+        first.inc(4);
+        let second = progress.add(ProgressBar::new(3));
+        second.finish();
+        report_bars(&progress, &mut sent, &send);
+        let lines = sent_lines.borrow();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            serde_json::from_str::<WorkerMessage>(&lines[1]).unwrap(),
+            WorkerMessage::Bar { index: 0, len: 10, pos: 4, message: String::new(), finished: false }
+        );
+        assert!(matches!(
+            serde_json::from_str::<WorkerMessage>(&lines[2]).unwrap(),
+            WorkerMessage::Bar { index: 1, finished: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_missing_worker_is_a_clear_error() {
+        let err = worker_program("no-such-pipe-worker").unwrap_err().to_string();
+        assert!(err.contains("no-such-pipe-worker not found"), "{err}");
+    }
+}
