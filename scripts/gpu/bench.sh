@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU benchmark (run on a CUDA machine from the repo root, with the release binary and the
+# GPU benchmark (run on a CUDA machine from the repo root, with the release binaries and the
 # exported backbone): features at three precisions, training epochs and decoding.
+# PIPE names the `pipe` binary; its worker `pipe-torch` must sit beside it (carry both,
+# stripped, e.g. in .device/).
 set -u
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 nvidia-smi -L; nproc
