@@ -644,6 +644,31 @@ mod tests {
         Backbone::load(&lite0_dir(), DeviceChoice::Cpu, Precision::Fp32).expect("load exported Lite0")
     }
 
+    /// The README's "other backbones" path: torchvision's ResNet50 exported by
+    /// scripts/export_backbone.py (random weights, since tests run offline) is a backbone.
+    #[test]
+    fn exported_torchvision_resnet50_loads_as_a_backbone() {
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("scripts/export_backbone.py"))
+            .args(["--arch", "resnet50", "--no-weights", "--out"])
+            .arg(out.path())
+            .status()
+            .expect("run the set-up's python (make setup)");
+        assert!(status.success(), "export_backbone.py --arch resnet50 failed");
+        tch::set_num_threads(2);
+        let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        assert_eq!(backbone.dim(), 2048);
+        let (features, skipped) = backbone
+            .extract_all(&[photo("chelsea.png"), photo("coffee.png")], &ExtractOptions::default())
+            .unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        for vector in features.iter().map(|f| f.as_ref().unwrap()) {
+            assert_eq!(vector.len(), 2048);
+            assert!(vector.iter().all(|x| x.is_finite()) && vector.iter().any(|&x| x != 0.0));
+        }
+    }
+
     fn spec() -> BackboneSpec {
         BackboneSpec {
             name: "t".into(),
