@@ -80,7 +80,9 @@ pub fn parse_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
     })
 }
 
-/// What a running stage sees.
+/// What a running stage sees. It crosses to a worker process as JSON (see `engine::worker`);
+/// the progress sink stays behind.
+#[derive(Serialize, serde::Deserialize)]
 pub struct StageContext {
     pub stage: String,
     /// Normalized params (see [`StageKind::normalize_params`]).
@@ -95,6 +97,7 @@ pub struct StageContext {
     pub workspace: PathBuf,
     /// The stages upstream of this one, in run order (for reports; not hashed).
     pub lineage: Vec<LineageEntry>,
+    #[serde(skip)]
     pub progress: Progress,
 }
 
@@ -110,6 +113,12 @@ pub struct Progress {
 
 /// Where a worker's log lines go instead of stderr.
 pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::hidden()
+    }
+}
 
 impl Progress {
     /// Bars on stderr when it is a terminal; log lines on stderr otherwise.

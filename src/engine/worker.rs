@@ -11,7 +11,6 @@
 //! the error if the stage failed); its stderr is the parent's. The worker dies with its
 //! parent (`PR_SET_PDEATHSIG`), so a killed run leaves no orphan writing into the store.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
@@ -21,9 +20,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::engine::stage::{LineageEntry, Progress, StageContext};
+use crate::engine::stage::{Progress, StageContext};
 
 /// Set by the parent to its pid, so a worker can tell that its parent already died.
 const PARENT_PID_ENV: &str = "PIPE_WORKER_PARENT";
@@ -44,45 +42,11 @@ pub fn worker_program(program: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Everything a worker needs to rebuild the [`StageContext`].
-#[derive(Debug, Serialize, Deserialize)]
+/// What the parent sends: the kind to run, and the stage's context but its progress sink.
+#[derive(Deserialize)]
 pub struct StageJob {
     pub kind: String,
-    pub stage: String,
-    pub params: Value,
-    pub inputs: BTreeMap<String, PathBuf>,
-    pub out_dir: PathBuf,
-    pub cache_dir: PathBuf,
-    pub workspace: PathBuf,
-    pub lineage: Vec<LineageEntry>,
-}
-
-impl StageJob {
-    fn new(kind: &str, ctx: &StageContext) -> Self {
-        Self {
-            kind: kind.to_string(),
-            stage: ctx.stage.clone(),
-            params: ctx.params.clone(),
-            inputs: ctx.inputs.clone(),
-            out_dir: ctx.out_dir.clone(),
-            cache_dir: ctx.cache_dir.clone(),
-            workspace: ctx.workspace.clone(),
-            lineage: ctx.lineage.clone(),
-        }
-    }
-
-    fn into_context(self, progress: Progress) -> StageContext {
-        StageContext {
-            stage: self.stage,
-            params: self.params,
-            inputs: self.inputs,
-            out_dir: self.out_dir,
-            cache_dir: self.cache_dir,
-            workspace: self.workspace,
-            lineage: self.lineage,
-            progress,
-        }
-    }
+    pub context: StageContext,
 }
 
 /// One line a worker writes on stdout.
@@ -109,7 +73,7 @@ pub fn run_in_worker(program: &str, kind: &str, ctx: &StageContext) -> Result<()
         .with_context(|| format!("starting {}", program.display()))?;
     {
         let mut stdin = child.stdin.take().expect("piped stdin");
-        serde_json::to_writer(&mut stdin, &StageJob::new(kind, ctx))
+        serde_json::to_writer(&mut stdin, &serde_json::json!({"kind": kind, "context": ctx}))
             .context("sending the job to the worker")?;
     } // dropping stdin tells the worker the job is complete
 
@@ -194,7 +158,7 @@ fn serve(
     let log = send.clone();
     let progress =
         Progress::forwarding(Arc::new(move |line: &str| log(&WorkerMessage::Log(line.to_string()))));
-    let ctx = job.into_context(progress.clone());
+    let ctx = StageContext { progress: progress.clone(), ..job.context };
 
     let (stop, stopped) = mpsc::channel::<()>();
     let reporter = {
