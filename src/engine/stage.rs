@@ -165,10 +165,6 @@ impl Progress {
             let _ = self.multi.println(line);
         }
     }
-
-    pub fn is_hidden(&self) -> bool {
-        self.multi.is_hidden()
-    }
 }
 
 /// What the runner knows about an upstream stage: handed forward, never looked up.
