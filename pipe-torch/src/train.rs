@@ -49,6 +49,7 @@ fn options(params: &TrainParams, device: Device) -> TrainOptions {
         lr_factor: params.lr_factor,
         lr_patience: params.lr_patience,
         label_smoothing: params.label_smoothing,
+        bucket_batches: params.bucket_batches,
         seed: params.seed,
         device,
     }
@@ -206,5 +207,6 @@ mod tests {
             (from_params.lr_factor, from_params.lr_patience, from_params.label_smoothing, from_params.seed),
             (defaults.lr_factor, defaults.lr_patience, defaults.label_smoothing, defaults.seed)
         );
+        assert_eq!(from_params.bucket_batches, defaults.bucket_batches);
     }
 }

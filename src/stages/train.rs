@@ -40,6 +40,9 @@ pub struct TrainParams {
     pub lr_factor: f64,
     pub lr_patience: usize,
     pub label_smoothing: f64,
+    /// Batches per length-sorted chunk of the shuffled captions. 1 keeps every batch a
+    /// random draw (as the peer does); larger pads less, so trains faster.
+    pub bucket_batches: usize,
     pub seed: u64,
     pub device: DeviceChoice,
     /// Split names in tokens.parquet.
@@ -68,6 +71,7 @@ impl Default for TrainParams {
             lr_factor: 0.5,
             lr_patience: 1,
             label_smoothing: 0.0,
+            bucket_batches: 1,
             seed: 0,
             device: DeviceChoice::Auto,
             train_split: "train".into(),
@@ -94,8 +98,9 @@ impl TrainParams {
             || self.batch_size == 0
             || self.epochs == 0
             || self.patience == 0
+            || self.bucket_batches == 0
         {
-            bail!("lr, batch_size, epochs and patience must be positive");
+            bail!("lr, batch_size, epochs, patience and bucket_batches must be positive");
         }
         if !(self.lr_factor > 0.0 && self.lr_factor <= 1.0) {
             bail!("lr_factor must be in (0, 1], got {}", self.lr_factor);
