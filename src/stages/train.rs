@@ -41,7 +41,8 @@ pub struct TrainParams {
     pub lr_patience: usize,
     pub label_smoothing: f64,
     /// Batches per length-sorted chunk of the shuffled captions. 1 keeps every batch a
-    /// random draw (as the peer does); larger pads less, so trains faster.
+    /// random draw (as the peer does); larger pads less, so trains faster, but fitted worse
+    /// on Flickr8k (docs/BENCHMARKS.md, "Session 3").
     pub bucket_batches: usize,
     pub seed: u64,
     pub device: DeviceChoice,
