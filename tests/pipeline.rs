@@ -282,19 +282,7 @@ fn flickr8k_pipeline_runs_on_the_official_layout() {
     )
     .unwrap();
     pipe(root, &["-f", "make_data.yaml", "run"]);
-    let synth = root.join("data/out/make_data/synth");
-    let layout = root.join("data/flickr8k");
-    fs::create_dir_all(layout.join("images")).unwrap();
-    for entry in fs::read_dir(&synth).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            fs::copy(&path, layout.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    for entry in fs::read_dir(synth.join("images")).unwrap() {
-        let path = entry.unwrap().path();
-        fs::copy(&path, layout.join("images").join(path.file_name().unwrap())).unwrap();
-    }
+    copy_tree(&root.join("data/out/make_data/synth"), &root.join("data/flickr8k"));
 
     let small = ["-S", "params.split=dev", "-S", "train.epochs=2", "-S", "caption.beam_width=2"];
     let mut args = vec!["-f", "pipelines/flickr8k.yaml", "run"];
