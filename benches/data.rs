@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use pipe::contract::files::REFERENCE_CAPTIONS_FILE as CAPTIONS_FILE;
 use pipe::data::readers::{parse_captions, CaptionFormat};
-use pipe::stages::ingest::{ingest, IngestInputs, IngestParams, CAPTIONS_FILE};
+use pipe::stages::ingest::{ingest, IngestInputs, IngestParams};
 use pipe::stages::tokenize::{tokenize, TokenizeParams};
 
 fn main() -> Result<()> {

@@ -143,7 +143,7 @@ def parse_flickr(text):
 
 
 def clean(caption):
-    """The nltk convention's (classic Keras-tutorial) cleaning; src/metrics/clean.rs mirrors it."""
+    """The nltk convention's (classic Keras-tutorial) cleaning; src/data/clean.rs (`Cleaning::default()`) mirrors it."""
     words = (re.sub("[^a-z]", "", w) for w in caption.lower().split())
     return [w for w in words if len(w) > 1]
 

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::dag::Dag;
-use crate::engine::lockfile::LockFile;
-use crate::engine::runner::{RunOptions, Runner, StageFailed, StageState};
-use crate::engine::spec::{self, KindRegistry, Override, Pipeline};
-use crate::engine::store::{disk_usage, Store};
-use crate::engine::workspace::{Workspace, WorkspaceBusy};
+use pipe_engine::lockfile::LockFile;
+use pipe_engine::query::Results;
+use pipe_engine::reporter::Reporter;
+use pipe_engine::runner::{RunOptions, Runner, StageFailed, StageState};
+use pipe_engine::spec::{self, KindRegistry, Override, Pipeline, SpecError};
+use pipe_engine::store::{disk_usage, Store};
+use pipe_engine::workspace::{Workspace, WorkspaceBusy};
 
 /// Exit codes, distinct per failure class.
 pub mod exit {
@@ -78,8 +79,8 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Caption a few images with the model of the pipeline's `train` stage.
-    Caption(crate::stages::caption_cli::CaptionArgs),
+    /// Caption a few images as the pipeline's `caption` stage would (its model and settings).
+    Caption(crate::cli_caption::CaptionArgs),
 }
 
 #[derive(Args)]
@@ -129,16 +130,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         exit::STAGE_FAILED
     } else if err.downcast_ref::<WorkspaceBusy>().is_some() {
         exit::BUSY
-    } else if err.downcast_ref::<InvalidPipeline>().is_some() {
+    } else if err.downcast_ref::<SpecError>().is_some() {
         exit::INVALID
     } else {
         exit::ERROR
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-struct InvalidPipeline(anyhow::Error);
 
 fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
     let root = match &cli.root {
@@ -147,14 +144,14 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
     };
     let root = root.canonicalize().with_context(|| format!("project root {}", root.display()))?;
     let workspace = Workspace::new(root, cli.file.clone());
+    let reporter = Reporter::stderr();
     let load = |overrides: &[Override]| -> Result<Pipeline> {
-        spec::load(&workspace.root, &workspace.pipeline_file, registry, overrides)
-            .map_err(|e| InvalidPipeline(e).into())
+        Ok(spec::load(&workspace.root, &workspace.pipeline_file, registry, overrides)?)
     };
     match cli.command {
         Command::Run(args) => {
             let pipeline = load(&args.set)?;
-            let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait)?) };
+            let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait, &reporter)?) };
             let started = std::time::Instant::now();
             let options = RunOptions {
                 targets: args.stages,
@@ -162,7 +159,7 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
                 dry_run: args.dry_run,
                 jobs: args.jobs,
             };
-            let outcomes = Runner::new(&workspace, &pipeline)?.run(&options)?;
+            let outcomes = Runner::new(&workspace, &pipeline, reporter.clone())?.run(&options)?;
             if !args.dry_run {
                 let ran = outcomes.iter().filter(|o| o.ran).count();
                 eprintln!(
@@ -177,25 +174,26 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
         }
         Command::Status(args) => {
             let pipeline = load(&args.set)?;
-            status(&workspace, &pipeline, &args.stages)
+            status(&workspace, &pipeline, &args.stages, reporter)
         }
         Command::Dag { dot } => {
             let pipeline = load(&[])?;
             print_dag(&pipeline, dot)
         }
         Command::Gc { dry_run } => {
-            let _lock = workspace.lock(true)?;
-            gc(&workspace, dry_run)
+            let _lock = workspace.lock(true, &reporter)?;
+            gc(&workspace, dry_run, reporter)
         }
         Command::Verify { remove } => {
-            let _lock = workspace.lock(true)?;
-            verify(&workspace, remove)
+            let _lock = workspace.lock(true, &reporter)?;
+            verify(&workspace, remove, reporter)
         }
         Command::Hash { paths } => hash(&paths),
-        Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref()),
+        Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref(), reporter),
         Command::Caption(args) => {
             let pipeline = load(&[])?;
-            crate::stages::caption_cli::run(&workspace, &pipeline, &args)
+            let results = Results::open(&workspace, &pipeline, reporter)?;
+            crate::cli_caption::run(&results, &pipeline, &args)
         }
     }
 }
@@ -203,7 +201,7 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
 fn hash(paths: &[PathBuf]) -> Result<u8> {
     for path in paths {
         let started = std::time::Instant::now();
-        let digest = crate::engine::hashing::hash_uncached(path)?;
+        let digest = pipe_engine::hashing::hash_uncached(path)?;
         let seconds = started.elapsed().as_secs_f64();
         let bytes = disk_usage(path);
         println!(
@@ -220,8 +218,8 @@ fn display_relative(path: &Path, root: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).display().to_string()
 }
 
-fn status(workspace: &Workspace, pipeline: &Pipeline, targets: &[String]) -> Result<u8> {
-    let states = Runner::new(workspace, pipeline)?.status(targets)?;
+fn status(workspace: &Workspace, pipeline: &Pipeline, targets: &[String], reporter: Reporter) -> Result<u8> {
+    let states = Runner::new(workspace, pipeline, reporter)?.status(targets)?;
     let mut stale = 0;
     for (name, state) in states {
         match state {
@@ -243,7 +241,7 @@ fn status(workspace: &Workspace, pipeline: &Pipeline, targets: &[String]) -> Res
 }
 
 fn print_dag(pipeline: &Pipeline, dot: bool) -> Result<u8> {
-    let dag = Dag::new(pipeline)?;
+    let dag = &pipeline.dag;
     if dot {
         print!("{}", dag.to_dot());
         return Ok(exit::OK);
@@ -260,8 +258,8 @@ fn print_dag(pipeline: &Pipeline, dot: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn gc(workspace: &Workspace, dry_run: bool) -> Result<u8> {
-    let store = Store::new(workspace.store_dir());
+fn gc(workspace: &Workspace, dry_run: bool, reporter: Reporter) -> Result<u8> {
+    let store = Store::new(workspace.store_dir(), reporter);
     let referenced = referenced_fingerprints(workspace)?;
     let mut freed = 0;
     let mut removed = 0;
@@ -307,8 +305,8 @@ fn referenced_fingerprints(workspace: &Workspace) -> Result<std::collections::Ha
     Ok(referenced)
 }
 
-fn verify(workspace: &Workspace, remove: bool) -> Result<u8> {
-    let store = Store::new(workspace.store_dir());
+fn verify(workspace: &Workspace, remove: bool, reporter: Reporter) -> Result<u8> {
+    let store = Store::new(workspace.store_dir(), reporter);
     let fingerprints = store.list()?;
     let mut damaged = 0;
     for fingerprint in &fingerprints {

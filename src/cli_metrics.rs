@@ -8,19 +8,20 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::engine::lockfile::LockFile;
-use crate::engine::spec::flatten_params;
-use crate::engine::store::Store;
-use crate::engine::workspace::Workspace;
+use pipe_engine::lockfile::LockFile;
+use pipe_engine::reporter::Reporter;
+use pipe_engine::spec::flatten_params;
+use pipe_engine::store::Store;
+use pipe_engine::workspace::Workspace;
 
 const METRICS_FILE: &str = "metrics.json";
 
 /// `stage → (metric → value)` for every metrics output the lock file names.
 type MetricTable = BTreeMap<String, BTreeMap<String, Value>>;
 
-pub fn show(workspace: &Workspace, diff: Option<&str>) -> Result<u8> {
-    let store = Store::new(workspace.store_dir());
-    let current = collect(&LockFile::load(&workspace.lock_file_path())?, &store)?;
+pub fn show(workspace: &Workspace, diff: Option<&str>, reporter: Reporter) -> Result<u8> {
+    let store = Store::new(workspace.store_dir(), reporter.clone());
+    let current = collect(&LockFile::load(&workspace.lock_file_path())?, &store, &reporter)?;
     if current.is_empty() {
         bail!("no stage has produced {METRICS_FILE} yet: run `pipe run` first");
     }
@@ -28,13 +29,13 @@ pub fn show(workspace: &Workspace, diff: Option<&str>) -> Result<u8> {
         None => print_current(&current),
         Some(rev) => {
             let old_lock = lock_at_revision(workspace, rev)?;
-            print_diff(&collect(&old_lock, &store)?, &current, rev);
+            print_diff(&collect(&old_lock, &store, &reporter)?, &current, rev);
         }
     }
     Ok(0)
 }
 
-fn collect(lock: &LockFile, store: &Store) -> Result<MetricTable> {
+fn collect(lock: &LockFile, store: &Store, reporter: &Reporter) -> Result<MetricTable> {
     let mut table = MetricTable::new();
     for (stage, locked) in &lock.stages {
         if !locked.outs.contains_key(METRICS_FILE) {
@@ -45,10 +46,10 @@ fn collect(lock: &LockFile, store: &Store) -> Result<MetricTable> {
             Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
                 .with_context(|| format!("parsing {}", path.display()))?,
             Err(_) => {
-                eprintln!(
-                    "warning: {stage}: artifact {} is not in the store (removed by gc?)",
+                reporter.warn(&format!(
+                    "{stage}: artifact {} is not in the store (removed by gc?)",
                     &locked.fingerprint[..12]
-                );
+                ));
                 continue;
             }
         };

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    pipe::cli::main(pipe::engine::spec::KindRegistry::new(pipe::stages::registry()))
+    pipe::cli::main(pipe_engine::spec::KindRegistry::new(pipe::stages::registry()))
 }

@@ -195,6 +195,18 @@ fn invalid_pipelines_are_reported_with_locations() {
     assert!(missing.contains("stages.a.deps.src"), "{missing}");
     assert!(missing.contains("`nothere.txt` is neither a stage nor an existing path"), "{missing}");
 
+    let copied = invalid("stages:\n  a:\n    kind: test-concat\n  a:\n    kind: test-concat\n");
+    assert!(
+        copied.contains("pipeline.yaml:4:") && copied.contains("stage `a` is declared twice"),
+        "{copied}"
+    );
+
+    let empty = invalid("stages: {}\n");
+    assert!(empty.contains("declares no stages"), "{empty}");
+
+    let cmd_key = invalid("stages:\n  a:\n    kind: test-concat\n    cmd: echo hi\n");
+    assert!(cmd_key.contains("stages.a.cmd: kind `test-concat` takes no `cmd` key"), "{cmd_key}");
+
     let kind = invalid("stages:\n  a:\n    kind: tarin\n");
     assert!(kind.contains("stages.a.kind: unknown kind `tarin`"), "{kind}");
 

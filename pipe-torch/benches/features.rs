@@ -14,7 +14,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use pipe_torch::model::backbone::{bench, list_images, Backbone, DeviceChoice, Precision, ThreadPlan};
+use pipe::data::manifest::list_image_files;
+use pipe_torch::model::backbone::{bench, Backbone, DeviceChoice, Precision, ThreadPlan};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -26,7 +27,7 @@ fn main() -> Result<()> {
     let precision: Precision = serde_json::from_value(flag(&args, "--precision").unwrap_or("fp32").into())?;
     let batch = number(&args, "--batch")?.unwrap_or(32);
 
-    let mut paths = list_images(&images)?;
+    let mut paths: Vec<_> = list_image_files(&images)?.iter().map(|f| images.join(f)).collect();
     paths.truncate(number(&args, "--limit")?.unwrap_or(usize::MAX));
     let model = Backbone::load(&backbone, device, precision)?;
     let auto = ThreadPlan::new(0, model.device());

@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use pipe::stages::caption::{DecodeSettings, DecoderKind};
-use pipe::stages::device::DeviceChoice;
-use pipe_torch::caption::{caption_images, CaptionImagesOptions};
+use pipe::contract::device::Precision;
+use pipe::stages::caption::CaptionParams;
+use pipe_torch::caption::{caption_images, CaptionImagesOptions, DecodeSettings};
 
 #[derive(Parser)]
 #[command(version, about = "libtorch worker for pipe (started by `pipe`; not meant to be run by hand)")]
@@ -39,15 +39,17 @@ struct CaptionImagesArgs {
     /// The backbone directory (model.pt and its sidecar).
     #[arg(long)]
     backbone: PathBuf,
-    #[arg(long, default_value_t = 5)]
-    beam: usize,
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
+    /// The precision of the features the model was trained on.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// The caption stage's params (JSON), which say how to decode and on which device.
+    #[arg(long)]
+    params: String,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        WorkerCommand::Stage => pipe::engine::worker::serve_stage(pipe_torch::stage_run),
+        WorkerCommand::Stage => pipe_engine::worker::serve_stage(pipe_torch::stage_run),
         WorkerCommand::Caption(args) => match caption(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -60,9 +62,11 @@ fn main() -> ExitCode {
 
 /// Prints one tab-separated line per image: path, caption, log-probability.
 fn caption(args: &CaptionImagesArgs) -> Result<()> {
-    let decoder = if args.beam <= 1 { DecoderKind::Greedy } else { DecoderKind::Beam };
-    let settings = DecodeSettings { decoder, beam_width: args.beam.max(1), ..DecodeSettings::default() };
-    let options = CaptionImagesOptions { settings, device: args.device };
+    let params: CaptionParams = serde_json::from_str(&args.params).context("--params")?;
+    let precision: Precision = serde_json::from_value(serde_json::Value::String(args.precision.clone()))
+        .with_context(|| format!("--precision {}", args.precision))?;
+    let options =
+        CaptionImagesOptions { settings: DecodeSettings::from(&params), device: params.device, precision };
     for (path, caption, log_prob) in
         caption_images(&args.model_dir, &args.vocab, &args.backbone, &args.images, &options)?
     {

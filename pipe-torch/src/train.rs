@@ -4,23 +4,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
-use serde::Serialize;
 use tch::{nn, Device, Kind};
 
 use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{load_word_vectors, FeatureTable, TokenTable, Vocab};
 use crate::model::decoder::{DecoderConfig, MergeDecoder};
 use crate::model::train::{train, EpochRecord, History, TrainMonitor, TrainOptions};
-use pipe::engine::stage::StageContext;
-use pipe::stages::train::{TrainParams, CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE};
+use pipe::contract::files::{
+    artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, TOKENS_FILE, VOCAB_FILE, WEIGHTS_FILE,
+};
+use pipe::stages::train::TrainParams;
+use pipe_engine::fsutil::write_json_atomic;
+use pipe_engine::stage::StageContext;
 
 /// Runs a `train` stage.
 pub fn run(ctx: &StageContext) -> Result<()> {
     let params: TrainParams = ctx.params()?;
     let inputs = TrainInputs {
-        tokens: artifact(ctx.input("tokens")?, "tokens.parquet"),
-        vocab: artifact(ctx.input("vocab")?, "vocab.json"),
-        features: artifact(ctx.input("features")?, "features.arrow"),
+        tokens: artifact(ctx.input("tokens")?, TOKENS_FILE),
+        vocab: artifact(ctx.input("vocab")?, VOCAB_FILE),
+        features: artifact(ctx.input("features")?, FEATURES_FILE),
         embeddings: ctx
             .optional_input("embeddings")
             .map(Path::to_path_buf)
@@ -39,7 +42,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     Ok(())
 }
 
-/// The optimisation half of the params.
+/// The optimisation half of the params (whose defaults are the only defaults).
 fn options(params: &TrainParams, device: Device) -> TrainOptions {
     TrainOptions {
         lr: params.lr,
@@ -61,15 +64,6 @@ pub struct TrainInputs {
     pub vocab: PathBuf,
     pub features: PathBuf,
     pub embeddings: Option<PathBuf>,
-}
-
-/// An input given as the upstream stage's directory means the conventional file inside it.
-pub fn artifact(path: &Path, file_name: &str) -> PathBuf {
-    if path.is_dir() {
-        path.join(file_name)
-    } else {
-        path.to_path_buf()
-    }
 }
 
 /// Loads the inputs, trains, and writes the three outputs into `out_dir`.
@@ -143,13 +137,8 @@ fn save_model(vs: &mut nn::VarStore, cfg: &DecoderConfig, history: &History, out
     vs.set_device(Device::Cpu);
     let weights = out_dir.join(WEIGHTS_FILE);
     vs.save(&weights).with_context(|| format!("writing {}", weights.display()))?;
-    write_json(&out_dir.join(CONFIG_FILE), cfg)?;
-    write_json(&out_dir.join(HISTORY_FILE), history)
-}
-
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    write_json_atomic(&out_dir.join(MODEL_CONFIG_FILE), cfg)?;
+    write_json_atomic(&out_dir.join(HISTORY_FILE), history)
 }
 
 pub fn mean_seconds(history: &History) -> f64 {
@@ -189,24 +178,4 @@ pub fn epoch_line(r: &EpochRecord) -> String {
         "epoch {}: train {:.4}, dev {dev}, lr {:.1e}, {:.1} s (+{:.1} s dev)",
         r.epoch, r.train_loss, r.lr, r.seconds, r.dev_seconds
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_params_are_the_default_options() {
-        let from_params = options(&TrainParams::default(), Device::Cpu);
-        let defaults = TrainOptions::default();
-        assert_eq!(
-            (from_params.lr, from_params.batch_size, from_params.max_epochs, from_params.patience),
-            (defaults.lr, defaults.batch_size, defaults.max_epochs, defaults.patience)
-        );
-        assert_eq!(
-            (from_params.lr_factor, from_params.lr_patience, from_params.label_smoothing, from_params.seed),
-            (defaults.lr_factor, defaults.lr_patience, defaults.label_smoothing, defaults.seed)
-        );
-        assert_eq!(from_params.bucket_batches, defaults.bucket_batches);
-    }
 }

@@ -171,4 +171,17 @@ mod tests {
         assert_eq!(out, "dog runs");
         assert_eq!(words(&out).collect::<Vec<_>>(), ["dog", "runs"]);
     }
+
+    #[test]
+    fn default_is_the_classic_tutorial_cleaning() {
+        let classic = Cleaning::default();
+        assert_eq!(classic.clean_words("A dog's T-shirt , 3rd place ."), ["dogs", "tshirt", "rd", "place"]);
+        assert_eq!(
+            classic.clean_words("Café naïve İx\u{1f}ab big\u{a0}dog"),
+            ["caf", "nave", "ix", "ab", "big", "dog"]
+        );
+        let once = classic.clean_words("Two kids' toys (red) on a 2-seat swing!").join(" ");
+        assert_eq!(classic.clean_words(&once).join(" "), once, "cleaning is idempotent");
+        assert!(classic.clean_words(" . , a ").is_empty());
+    }
 }

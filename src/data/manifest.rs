@@ -34,8 +34,10 @@ pub struct Undecodable {
     pub error: String,
 }
 
-/// File extensions counted as images when looking for images that no caption names.
-const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
+/// File extensions counted as images, everywhere pipe looks for images (ingest's orphan
+/// check, archive captioning). pipe decodes JPEG and PNG; a file with another of these
+/// extensions is reported as undecodable rather than silently passed over.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff"];
 
 /// Every file under `root`, as `/`-separated paths relative to it. Symlinks are followed,
 /// since stores hand inputs over as links.
@@ -50,6 +52,14 @@ pub fn list_files(root: &Path) -> Result<HashSet<String>> {
         let parts: Vec<_> = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect();
         files.insert(parts.join("/"));
     }
+    Ok(files)
+}
+
+/// Every image file under `root` (by [`is_image_name`]), as sorted `/`-separated paths
+/// relative to it.
+pub fn list_image_files(root: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = list_files(root)?.into_iter().filter(|f| is_image_name(f)).collect();
+    files.sort();
     Ok(files)
 }
 

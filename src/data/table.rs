@@ -11,13 +11,13 @@ use polars::prelude::{
     ParquetReader, ParquetWriter, SerReader, UInt32Type,
 };
 
-/// Writes `frame` to `path` (zstd, polars' default; pyarrow reads it).
+/// Writes `frame` to `path` (zstd, polars' default; pyarrow reads it), atomically.
 pub fn write_parquet(frame: &mut DataFrame, path: &Path) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    ParquetWriter::new(BufWriter::new(file))
-        .finish(frame)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    pipe_engine::fsutil::write_atomic_with(path, |file| {
+        ParquetWriter::new(BufWriter::new(file)).finish(frame)?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Reads a whole Parquet file.

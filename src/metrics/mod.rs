@@ -7,7 +7,7 @@
 //! | convention | tokens | BLEU | CIDEr-D |
 //! |---|---|---|---|
 //! | `coco` | PTB tokenizer + punctuation removal ([`ptb`]) | pycocoevalcap `Bleu(4)` ([`bleu::coco_bleu`]) | pycocoevalcap `Cider` ([`cider::cider_d`]) |
-//! | `nltk` | classic cleaning ([`clean::clean_caption`]) | NLTK `corpus_bleu`, uniform weights, no smoothing ([`bleu::nltk_bleu`]) | same CIDEr-D, on the cleaned tokens |
+//! | `nltk` | classic cleaning (`data::clean::Cleaning::default()`) | NLTK `corpus_bleu`, uniform weights, no smoothing ([`bleu::nltk_bleu`]) | same CIDEr-D, on the cleaned tokens |
 //!
 //! Everything here is a pure function of the caption text: no files, no polars, no tch.
 //! `tests/fixtures/score_reference.json` (written by `scripts/score_reference.py` with the
@@ -15,12 +15,13 @@
 
 pub mod bleu;
 pub mod cider;
-pub mod clean;
 pub mod ptb;
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Result};
+
+use crate::data::clean::Cleaning;
 use serde::{Deserialize, Serialize};
 
 /// One scored image: its generated caption and its reference captions, as raw text.
@@ -105,13 +106,17 @@ pub fn tokenize(sets: &[CaptionSet], convention: Convention) -> Vec<TokenizedSet
                 })
                 .collect()
         }
-        Convention::Nltk => sets
-            .iter()
-            .map(|set| TokenizedSet {
-                hypothesis: clean::clean_caption(&set.hypothesis),
-                references: set.references.iter().map(|r| clean::clean_caption(r)).collect(),
-            })
-            .collect(),
+        Convention::Nltk => {
+            // The classic cleaning, which is also tokenize's default (idempotent, so
+            // already cleaned hypotheses are unchanged).
+            let classic = Cleaning::default();
+            sets.iter()
+                .map(|set| TokenizedSet {
+                    hypothesis: classic.clean_words(&set.hypothesis),
+                    references: set.references.iter().map(|r| classic.clean_words(r)).collect(),
+                })
+                .collect()
+        }
     }
 }
 

@@ -21,13 +21,10 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
-use crate::engine::worker::run_in_worker;
-use crate::stages::device::DeviceChoice;
+use crate::contract::device::DeviceChoice;
+use crate::contract::files::{GENERATED_CAPTIONS_FILE, SKIPPED_FILE};
 use crate::stages::TORCH_WORKER;
-
-pub const CAPTIONS_FILE: &str = "captions.parquet";
-pub const SKIPPED_FILE: &str = "skipped.json";
+use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, Inputs, StageKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,46 +85,23 @@ impl CaptionParams {
         ensure!(self.max_len.is_none_or(|n| n >= 1), "max_len must be at least 1");
         Ok(())
     }
-
-    /// The decoding half of the params.
-    pub fn settings(&self) -> DecodeSettings {
-        DecodeSettings {
-            decoder: self.decoder,
-            beam_width: self.beam_width,
-            length_norm: self.length_norm,
-            max_len: self.max_len,
-            block_repeats: self.block_repeats,
-            batch_size: self.batch_size,
-        }
-    }
 }
 
-/// How to decode, independent of where the features come from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DecodeSettings {
-    pub decoder: DecoderKind,
-    pub beam_width: usize,
-    pub length_norm: bool,
-    pub max_len: Option<usize>,
-    pub block_repeats: usize,
-    pub batch_size: usize,
-}
-
-impl Default for DecodeSettings {
-    fn default() -> Self {
-        CaptionParams::default().settings()
-    }
-}
+/// The kind's `kind:` name, which the worker's registry is keyed by.
+pub const KIND: &str = "caption";
 
 pub struct Caption;
 
 impl StageKind for Caption {
     fn name(&self) -> &'static str {
-        "caption"
+        KIND
     }
 
+    /// 2: archive mode takes every file that looks like an image (`data::manifest::
+    /// IMAGE_EXTENSIONS`, one list for all kinds) and reports the ones it cannot decode in
+    /// `skipped.json`; version 1 silently passed over all but .jpg/.jpeg/.png.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {
@@ -135,7 +109,7 @@ impl StageKind for Caption {
         normalize_typed::<CaptionParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
+    fn inputs(&self) -> Inputs {
         const INPUTS: &[InputSpec] = &[
             InputSpec::required("model"),
             InputSpec::required("vocab"),
@@ -144,13 +118,13 @@ impl StageKind for Caption {
             InputSpec::optional("backbone"),
             InputSpec::optional("images"),
         ];
-        Some(INPUTS)
+        Inputs::Named(INPUTS)
     }
 
     fn outputs(&self, params: &Value) -> Vec<String> {
         match params.get("folder") {
-            Some(Value::String(_)) => vec![CAPTIONS_FILE.into(), SKIPPED_FILE.into()],
-            _ => vec![CAPTIONS_FILE.into()],
+            Some(Value::String(_)) => vec![GENERATED_CAPTIONS_FILE.into(), SKIPPED_FILE.into()],
+            _ => vec![GENERATED_CAPTIONS_FILE.into()],
         }
     }
 
@@ -160,8 +134,8 @@ impl StageKind for Caption {
         true
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<()> {
-        run_in_worker(TORCH_WORKER, self.name(), ctx)
+    fn execution(&self) -> Execution {
+        Execution::Worker(TORCH_WORKER)
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::stage::{normalize_typed, InputSpec, StageContext, StageKind};
+use pipe_engine::stage::{normalize_typed, Inputs, StageContext, StageKind};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,8 +38,13 @@ impl StageKind for Cmd {
         normalize_typed::<CmdParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        None
+    fn inputs(&self) -> Inputs {
+        Inputs::Any
+    }
+
+    /// DVC's spelling: `cmd:` and `outs:` beside `deps:`, not under `params:`.
+    fn stage_keys(&self) -> &'static [&'static str] {
+        &["cmd", "outs"]
     }
 
     fn outputs(&self, params: &Value) -> Vec<String> {
@@ -96,8 +101,8 @@ impl StageKind for TestConcat {
         normalize_typed::<ConcatParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        None
+    fn inputs(&self) -> Inputs {
+        Inputs::Any
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
@@ -113,7 +118,7 @@ impl StageKind for TestConcat {
         let mut text = String::new();
         for (name, path) in &ctx.inputs {
             let body = if path.is_dir() {
-                crate::engine::hashing::list_files(path)?
+                pipe_engine::hashing::list_files(path)?
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()

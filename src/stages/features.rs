@@ -6,25 +6,8 @@
 //! `content_hash: Utf8`, `features: FixedSizeList<Float32, D>`, in manifest order) and
 //! `features.json` (backbone, counts, skipped images with reasons, timings).
 //!
-//! ## The feature cache
-//! A feature vector depends only on the backbone and the image bytes, so vectors outlive
-//! any one run: adding 100 photos to a folder of 7000 computes 100 forward passes.
-//!
-//! | key part | why |
-//! |---|---|
-//! | backbone hash (blake3 of `model.pt` + `backbone.json`) | another model, other features |
-//! | precision (`fp32`, `fp16`, `bf16`) | reduced precision changes the numbers visibly |
-//! | image content hash (from the manifest) | not the name: renames and copies hit the cache |
-//!
-//! Deliberately not in the key: the device (CPU and CUDA fp32 agree to ~1e-3 relative), the
-//! batch size and thread counts, file names and paths.
-//!
-//! Entries live in `<cache_dir>/<backbone hash>-<precision>/shard-<id>.arrow` (Arrow IPC:
-//! `content_hash`, `features`). A shard is written under a temporary name and renamed, so a
-//! killed run never leaves a half-written one; new vectors are flushed every
-//! [`SHARD_ROWS`], so a killed run keeps most of its work. An unreadable shard is
-//! reported, deleted and recomputed, never trusted. Past [`MAX_SHARDS`] shards they are
-//! merged into one.
+//! Features are cached per image across runs (keyed by backbone, precision and image
+//! content); the cache's rules are in `pipe-torch/src/features/cache.rs`.
 //!
 //! The computation runs in the libtorch worker (`pipe-torch/src/features.rs`).
 
@@ -32,17 +15,15 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::stage::{normalize_typed, InputSpec, StageContext, StageKind};
-use crate::engine::worker::run_in_worker;
-use crate::stages::device::{DeviceChoice, Precision};
+use crate::contract::device::{DeviceChoice, Precision};
+use crate::contract::files::{FEATURES_FILE, FEATURES_SUMMARY_FILE};
 use crate::stages::TORCH_WORKER;
-
-/// New vectors are written to a shard at least this often, so a killed run loses little.
-pub const SHARD_ROWS: usize = 2048;
-/// More shards than this are merged into one at the end of a run.
-pub const MAX_SHARDS: usize = 16;
+use pipe_engine::stage::{normalize_typed, Execution, InputSpec, Inputs, StageKind};
 
 /// The `features` stage kind.
+/// The kind's `kind:` name, which the worker's registry is keyed by.
+pub const KIND: &str = "features";
+
 pub struct Features;
 
 /// `params:` of a features stage.
@@ -70,7 +51,7 @@ const INPUTS: &[InputSpec] =
 
 impl StageKind for Features {
     fn name(&self) -> &'static str {
-        "features"
+        KIND
     }
 
     fn version(&self) -> u32 {
@@ -88,16 +69,16 @@ impl StageKind for Features {
         Ok(value)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        Some(INPUTS)
+    fn inputs(&self) -> Inputs {
+        Inputs::Named(INPUTS)
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
-        vec!["features.arrow".into(), "features.json".into()]
+        vec![FEATURES_FILE.into(), FEATURES_SUMMARY_FILE.into()]
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<()> {
-        run_in_worker(TORCH_WORKER, self.name(), ctx)
+    fn execution(&self) -> Execution {
+        Execution::Worker(TORCH_WORKER)
     }
 }
 

@@ -29,11 +29,10 @@ use crate::data::manifest::{is_image_name, list_files, probe_images, ImageEntry,
 use crate::data::readers::{parse_captions, CaptionFormat};
 use crate::data::split::{hash_split, read_split_files, Split, SplitRatios};
 use crate::data::table::write_parquet;
-use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
+use pipe_engine::stage::{normalize_typed, parse_params, InputSpec, Inputs, StageContext, StageKind};
 
-pub const CAPTIONS_FILE: &str = "captions.parquet";
-pub const IMAGES_FILE: &str = "images.parquet";
-pub const REPORT_FILE: &str = "ingest_report.json";
+use crate::contract::files::{IMAGES_FILE, INGEST_REPORT_FILE, REFERENCE_CAPTIONS_FILE};
+use pipe_engine::fsutil::write_json_atomic;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,14 +140,14 @@ impl StageKind for Ingest {
         normalize_typed::<IngestParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
+    fn inputs(&self) -> Inputs {
         const INPUTS: [InputSpec; 3] =
             [InputSpec::required("captions"), InputSpec::required("images"), InputSpec::optional("splits")];
-        Some(&INPUTS)
+        Inputs::Named(&INPUTS)
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
-        [CAPTIONS_FILE, IMAGES_FILE, REPORT_FILE].map(String::from).to_vec()
+        [REFERENCE_CAPTIONS_FILE, IMAGES_FILE, INGEST_REPORT_FILE].map(String::from).to_vec()
     }
 
     fn run(&self, ctx: &StageContext) -> Result<()> {
@@ -213,7 +212,10 @@ pub fn ingest(
             undecodable.len()
         );
     }
-    write_parquet(&mut caption_frame(&parsed, &named, &kept, &image_splits)?, &out_dir.join(CAPTIONS_FILE))?;
+    write_parquet(
+        &mut caption_frame(&parsed, &named, &kept, &image_splits)?,
+        &out_dir.join(REFERENCE_CAPTIONS_FILE),
+    )?;
     write_parquet(&mut manifest_frame(&manifest)?, &out_dir.join(IMAGES_FILE))?;
 
     let mut report = IngestReport {
@@ -225,8 +227,7 @@ pub fn ingest(
     let outcome =
         Outcome { missing, kept, image_splits, folder, images_written: manifest.len(), undecodable };
     fill_report(&mut report, &parsed, &named, outcome);
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(out_dir.join(REPORT_FILE), json + "\n").context("writing ingest_report.json")?;
+    write_json_atomic(&out_dir.join(INGEST_REPORT_FILE), &report)?;
     Ok(report)
 }
 
@@ -465,7 +466,7 @@ pub(crate) mod tests {
             cache_dir: out_dir.join(".cache"),
             workspace: out_dir.to_path_buf(),
             lineage: Vec::new(),
-            progress: crate::engine::stage::Progress::hidden(),
+            reporter: pipe_engine::reporter::Reporter::hidden(),
         }
     }
 
@@ -494,7 +495,7 @@ pub(crate) mod tests {
     }
 
     fn report_json(out: &Path) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(out.join(REPORT_FILE)).unwrap()).unwrap()
+        serde_json::from_slice(&std::fs::read(out.join(INGEST_REPORT_FILE)).unwrap()).unwrap()
     }
 
     const TOKEN: &[u8] =
@@ -506,19 +507,9 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join("Flickr_8k.trainImages.txt"), "a.png\nb.png\n").unwrap();
         std::fs::write(dir.path().join("Flickr_8k.devImages.txt"), "c.png\n").unwrap();
         let out = run(dir.path(), ("Flickr8k.token.txt", TOKEN), json!({})).unwrap();
-        let path = out.join(CAPTIONS_FILE);
+        let path = out.join(REFERENCE_CAPTIONS_FILE);
         let frame = read_parquet(&path).unwrap();
-        require_columns(
-            &frame,
-            &path,
-            &[
-                ("image", DataType::String),
-                ("caption_index", DataType::UInt32),
-                ("caption", DataType::String),
-                ("split", DataType::String),
-            ],
-        )
-        .unwrap();
+        require_columns(&frame, &path, &crate::contract::tables::REFERENCE_CAPTION_COLUMNS).unwrap();
         assert_eq!(str_values(&frame, "image").unwrap(), ["a.png", "a.png", "b.png", "c.png"]);
         assert_eq!(u32_values(&frame, "caption_index").unwrap(), [0, 1, 0, 0]);
         assert_eq!(str_values(&frame, "caption").unwrap()[1], "A brown dog .");
@@ -526,19 +517,7 @@ pub(crate) mod tests {
 
         let manifest_path = out.join(IMAGES_FILE);
         let manifest = read_parquet(&manifest_path).unwrap();
-        require_columns(
-            &manifest,
-            &manifest_path,
-            &[
-                ("image", DataType::String),
-                ("path", DataType::String),
-                ("content_hash", DataType::String),
-                ("bytes", DataType::UInt64),
-                ("width", DataType::UInt32),
-                ("height", DataType::UInt32),
-            ],
-        )
-        .unwrap();
+        require_columns(&manifest, &manifest_path, &crate::contract::tables::IMAGE_MANIFEST_COLUMNS).unwrap();
         assert_eq!(str_values(&manifest, "image").unwrap(), ["a.png", "b.png", "c.png"]);
         assert_eq!(u32_values(&manifest, "width").unwrap(), [4, 4, 4]);
         let hash =
@@ -573,7 +552,7 @@ pub(crate) mod tests {
             let out = run(dir.path(), (name, text), json!({})).unwrap();
             let report = report_json(&out);
             assert_eq!(report["format"], format);
-            let frame = read_parquet(&out.join(CAPTIONS_FILE)).unwrap();
+            let frame = read_parquet(&out.join(REFERENCE_CAPTIONS_FILE)).unwrap();
             assert_eq!(str_values(&frame, "image").unwrap()[0], "a.png", "{format}");
         }
     }
@@ -585,13 +564,18 @@ pub(crate) mod tests {
             br#"{"images": [{"filename": "a.png", "split": "val", "sentences": [{"raw": "A dog"}]}]}"#;
         let out = run(dir.path(), ("dataset.json", karpathy), json!({})).unwrap();
         assert_eq!(report_json(&out)["split_source"], "karpathy");
-        assert_eq!(str_values(&read_parquet(&out.join(CAPTIONS_FILE)).unwrap(), "split").unwrap(), ["dev"]);
+        assert_eq!(
+            str_values(&read_parquet(&out.join(REFERENCE_CAPTIONS_FILE)).unwrap(), "split").unwrap(),
+            ["dev"]
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let params = json!({"split_ratios": {"train": 0.0, "dev": 0.0, "test": 1.0}});
         let out = run(dir.path(), ("t.txt", TOKEN), params).unwrap();
         assert_eq!(report_json(&out)["split_source"], "hash");
-        let splits = str_values(&read_parquet(&out.join(CAPTIONS_FILE)).unwrap(), "split").unwrap().join(",");
+        let splits = str_values(&read_parquet(&out.join(REFERENCE_CAPTIONS_FILE)).unwrap(), "split")
+            .unwrap()
+            .join(",");
         assert_eq!(splits, "test,test,test,test");
 
         let dir = tempfile::tempdir().unwrap();
@@ -612,7 +596,10 @@ pub(crate) mod tests {
         assert_eq!(report["undecodable_images"][0]["image"], "corrupt.jpg");
         assert_eq!(report["counts"]["captions_missing_image"], 2);
         assert_eq!(report["counts"]["captions_undecodable_image"], 1);
-        assert_eq!(str_values(&read_parquet(&out.join(CAPTIONS_FILE)).unwrap(), "image").unwrap(), ["a.png"]);
+        assert_eq!(
+            str_values(&read_parquet(&out.join(REFERENCE_CAPTIONS_FILE)).unwrap(), "image").unwrap(),
+            ["a.png"]
+        );
         assert_eq!(str_values(&read_parquet(&out.join(IMAGES_FILE)).unwrap(), "image").unwrap(), ["a.png"]);
     }
 
@@ -683,6 +670,6 @@ pub(crate) mod tests {
     fn pyarrow_reads_the_outputs() {
         let dir = tempfile::tempdir().unwrap();
         let out = run(dir.path(), ("t.txt", TOKEN), json!({})).unwrap();
-        check_with_pyarrow(&[out.join(CAPTIONS_FILE), out.join(IMAGES_FILE)]);
+        check_with_pyarrow(&[out.join(REFERENCE_CAPTIONS_FILE), out.join(IMAGES_FILE)]);
     }
 }

@@ -1,13 +1,13 @@
-//! Built-in stage kinds. Adding a kind means adding one module and one line in `registry`.
+//! Built-in stage kinds, one module each. Adding a kind means adding its module and one
+//! line in `registry`; a kind that runs in the libtorch worker also adds its compute
+//! module to `pipe-torch/src` and one line to `pipe_torch::COMPUTE` (docs/ARCHITECTURE.md).
 
 use std::sync::Arc;
 
-use crate::engine::stage::StageKind;
+use pipe_engine::stage::StageKind;
 
 pub mod caption;
-pub mod caption_cli;
 pub mod cmd;
-pub mod device;
 pub mod features;
 pub mod ingest;
 pub mod report;

@@ -16,9 +16,10 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contract::tables::GeneratedCaption;
 use crate::data::split::Split;
-use crate::engine::stage::{normalize_typed, InputSpec, LineageEntry, StageContext, StageKind};
-use crate::stages::score::{read_hypotheses, read_references, Hypothesis, MetricsReport};
+use crate::stages::score::{read_hypotheses, read_references, MetricsReport};
+use pipe_engine::stage::{normalize_typed, InputSpec, Inputs, LineageEntry, StageContext, StageKind};
 
 pub const REPORT_DIR: &str = "report";
 const INDEX_FILE: &str = "index.html";
@@ -58,8 +59,8 @@ impl StageKind for Report {
         normalize_typed::<ReportParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        Some(&[
+    fn inputs(&self) -> Inputs {
+        Inputs::Named(&[
             InputSpec { name: "metrics", required: true },
             InputSpec { name: "history", required: true },
             InputSpec { name: "hypotheses", required: true },
@@ -116,7 +117,7 @@ pub struct EpochLoss {
 /// One gallery entry: the image's file name inside the report and its captions.
 #[derive(Debug, Clone, PartialEq)]
 struct GalleryItem {
-    hypothesis: Hypothesis,
+    hypothesis: GeneratedCaption,
     references: Vec<String>,
 }
 
@@ -142,7 +143,7 @@ pub fn write_report(
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    pipe_engine::fsutil::write_atomic(path, text.as_bytes())
 }
 
 /// Reads history.json; an empty history or a non-finite loss is an error.

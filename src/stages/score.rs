@@ -14,14 +14,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contract::tables::{read_generated_captions, read_reference_captions, GeneratedCaption};
 use crate::data::split::Split;
-use crate::data::table::{read_parquet, require_columns, str_values, u32_values};
-use crate::engine::stage::{normalize_typed, InputSpec, StageContext, StageKind};
+use crate::data::table::{str_values, u32_values};
 use crate::metrics::{self, CaptionSet, Convention, Scores};
+use pipe_engine::fsutil::{write_atomic, write_json_atomic};
+use pipe_engine::stage::{normalize_typed, InputSpec, Inputs, StageContext, StageKind};
 
 pub const METRICS_FILE: &str = "metrics.json";
 pub const METRICS_MARKDOWN: &str = "metrics.md";
@@ -59,8 +60,8 @@ impl StageKind for Score {
         normalize_typed::<ScoreParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        Some(&[
+    fn inputs(&self) -> Inputs {
+        Inputs::Named(&[
             InputSpec { name: "hypotheses", required: true },
             InputSpec { name: "references", required: true },
         ])
@@ -143,14 +144,6 @@ impl MetricsReport {
     }
 }
 
-/// One row of the `caption` stage's output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hypothesis {
-    pub image: String,
-    pub caption: String,
-    pub log_prob: f64,
-}
-
 /// Reads, checks and scores the two caption tables.
 pub fn score_files(hypotheses: &Path, references: &Path, params: &ScoreParams) -> Result<MetricsReport> {
     let hyps = read_hypotheses(hypotheses)?;
@@ -186,34 +179,23 @@ fn most_frequent_caption_baseline(
 
 /// Writes `metrics.json` and `metrics.md` into `out_dir`.
 pub fn write_metrics(report: &MetricsReport, out_dir: &Path) -> Result<()> {
-    let json = out_dir.join(METRICS_FILE);
-    let text = serde_json::to_string_pretty(report)? + "\n";
-    std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
-    let md = out_dir.join(METRICS_MARKDOWN);
-    std::fs::write(&md, report.markdown()).with_context(|| format!("writing {}", md.display()))
+    write_json_atomic(&out_dir.join(METRICS_FILE), report)?;
+    write_atomic(&out_dir.join(METRICS_MARKDOWN), report.markdown().as_bytes())
 }
 
 /// Reads generated captions; rejects an empty table, duplicate images and NaN log-probs
 /// (a sign of a broken model, which must not turn into a score).
-pub fn read_hypotheses(path: &Path) -> Result<Vec<Hypothesis>> {
-    let frame = read_parquet(path)?;
-    let columns =
-        [("image", DataType::String), ("caption", DataType::String), ("log_prob", DataType::Float64)];
-    require_columns(&frame, path, &columns)?;
-    let images = str_values(&frame, "image")?;
-    let captions = str_values(&frame, "caption")?;
-    let log_probs: Vec<f64> = frame.column("log_prob")?.f64()?.into_no_null_iter().collect();
-    ensure!(!images.is_empty(), "{}: no captions to score", path.display());
+pub fn read_hypotheses(path: &Path) -> Result<Vec<GeneratedCaption>> {
+    let rows = read_generated_captions(path)?;
+    ensure!(!rows.is_empty(), "{}: no captions to score", path.display());
     let mut seen = BTreeSet::new();
-    let mut rows = Vec::with_capacity(images.len());
-    for ((image, caption), log_prob) in images.into_iter().zip(captions).zip(log_probs) {
-        if log_prob.is_nan() {
-            bail!("{}: image {image} has a NaN log_prob", path.display());
+    for row in &rows {
+        if row.log_prob.is_nan() {
+            bail!("{}: image {} has a NaN log_prob", path.display(), row.image);
         }
-        if !seen.insert(image) {
-            bail!("{}: image {image} has more than one caption", path.display());
+        if !seen.insert(row.image.as_str()) {
+            bail!("{}: image {} has more than one caption", path.display(), row.image);
         }
-        rows.push(Hypothesis { image: image.to_string(), caption: caption.to_string(), log_prob });
     }
     Ok(rows)
 }
@@ -227,14 +209,7 @@ pub fn read_references(path: &Path, split: Split) -> Result<BTreeMap<String, Vec
 
 /// The captions of one split by image, in caption order; empty when the split has none.
 fn read_split_captions(path: &Path, split: Split) -> Result<BTreeMap<String, Vec<String>>> {
-    let frame = read_parquet(path)?;
-    let columns = [
-        ("image", DataType::String),
-        ("caption_index", DataType::UInt32),
-        ("caption", DataType::String),
-        ("split", DataType::String),
-    ];
-    require_columns(&frame, path, &columns)?;
+    let frame = read_reference_captions(path)?;
     let images = str_values(&frame, "image")?;
     let indices = u32_values(&frame, "caption_index")?;
     let captions = str_values(&frame, "caption")?;
@@ -257,7 +232,10 @@ fn read_split_captions(path: &Path, split: Split) -> Result<BTreeMap<String, Vec
 /// Joins hypotheses with their references, sorted by image name (the order fixes how the
 /// PTB tokenizer sees line boundaries, so it must not depend on file order). Both sides must
 /// name the same images.
-pub fn pair_up(hyps: Vec<Hypothesis>, mut refs: BTreeMap<String, Vec<String>>) -> Result<Vec<CaptionSet>> {
+pub fn pair_up(
+    hyps: Vec<GeneratedCaption>,
+    mut refs: BTreeMap<String, Vec<String>>,
+) -> Result<Vec<CaptionSet>> {
     let hyp_images: BTreeSet<&str> = hyps.iter().map(|h| h.image.as_str()).collect();
     let without_refs: Vec<&str> = hyp_images.iter().copied().filter(|i| !refs.contains_key(*i)).collect();
     let without_hyps: Vec<&str> =
@@ -302,6 +280,8 @@ fn sample(names: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use polars::prelude::{Column, DataFrame};
+
     use super::*;
     use crate::data::table::write_parquet;
 
@@ -426,19 +406,5 @@ mod tests {
         assert_eq!(normalized, serde_json::json!({"convention": "coco", "split": "test"}));
         assert!(Score.normalize_params(&serde_json::json!({"convension": "nltk"})).is_err());
         assert!(Score.normalize_params(&serde_json::json!({"convention": "sacrebleu"})).is_err());
-    }
-
-    #[test]
-    fn nltk_cleaning_is_the_tokenize_stage_default() {
-        let cleaning = crate::data::clean::Cleaning::default();
-        for caption in
-            fixture_captions().iter().map(String::as_str).chain(["Café naïve İx\u{1f}ab", "big\u{a0}dog 3rd"])
-        {
-            assert_eq!(metrics::clean::clean_caption(caption), cleaning.clean_words(caption), "{caption:?}");
-        }
-    }
-
-    fn fixture_captions() -> Vec<String> {
-        crate::metrics::fixture::load().ptb.into_iter().map(|c| c.caption).collect()
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::data::split::FLICKR8K_SPLIT_FILES;
 use crate::data::synth::{write_dataset, SynthConfig, IMAGES_DIR, TOKEN_FILE};
-use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
+use pipe_engine::stage::{normalize_typed, parse_params, Inputs, StageContext, StageKind};
 
 pub struct Synth;
 
@@ -30,8 +30,8 @@ impl StageKind for Synth {
         normalize_typed::<SynthConfig>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
-        Some(&[])
+    fn inputs(&self) -> Inputs {
+        Inputs::Named(&[])
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {

@@ -10,20 +10,20 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use polars::prelude::{DataFrame, DataType};
+use polars::prelude::DataFrame;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contract::files::{TOKENS_FILE, VOCAB_FILE};
+use crate::contract::tables::read_reference_captions;
 use crate::data::clean::{words, Cleaning};
 use crate::data::fxhash::FxHashMap;
 use crate::data::split::Split;
-use crate::data::table::{read_parquet, require_columns, str_values, u32_list_column, write_parquet};
+use crate::data::table::{str_values, u32_list_column, write_parquet};
 use crate::data::vocab::{Vocab, WordCounts, UNK_ID};
-use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
-
-pub const TOKENS_FILE: &str = "tokens.parquet";
-pub const VOCAB_FILE: &str = "vocab.json";
+use pipe_engine::fsutil::write_json_atomic;
+use pipe_engine::stage::{normalize_typed, parse_params, InputSpec, Inputs, StageContext, StageKind};
 
 /// Captions per parallel work item: big enough to amortise a cleaning buffer and a
 /// counting map, small enough to balance two cores.
@@ -98,9 +98,9 @@ impl StageKind for Tokenize {
         normalize_typed::<TokenizeParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
+    fn inputs(&self) -> Inputs {
         const INPUTS: [InputSpec; 1] = [InputSpec { name: "captions", required: true }];
-        Some(&INPUTS)
+        Inputs::Named(&INPUTS)
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
@@ -135,14 +135,7 @@ pub struct TokenizeSummary {
 
 /// Reads `captions.parquet`, writes `tokens.parquet` and `vocab.json` into `out_dir`.
 pub fn tokenize(captions_path: &Path, params: &TokenizeParams, out_dir: &Path) -> Result<TokenizeSummary> {
-    let frame = read_parquet(captions_path)?;
-    let columns = [
-        ("image", DataType::String),
-        ("caption_index", DataType::UInt32),
-        ("caption", DataType::String),
-        ("split", DataType::String),
-    ];
-    require_columns(&frame, captions_path, &columns)?;
+    let frame = read_reference_captions(captions_path)?;
     let captions = str_values(&frame, "caption")?;
     let is_train = train_mask(&str_values(&frame, "split")?, captions_path)?;
     let cleaning = params.cleaning();
@@ -161,8 +154,7 @@ pub fn tokenize(captions_path: &Path, params: &TokenizeParams, out_dir: &Path) -
         u32_list_column("tokens", &values, &lengths),
     ])?;
     write_parquet(&mut tokens, &out_dir.join(TOKENS_FILE))?;
-    let json = serde_json::to_string_pretty(&vocab.file)? + "\n";
-    std::fs::write(out_dir.join(VOCAB_FILE), json).context("writing vocab.json")?;
+    write_json_atomic(&out_dir.join(VOCAB_FILE), &vocab.file)?;
 
     Ok(TokenizeSummary {
         captions: captions.len(),
@@ -311,10 +303,11 @@ fn train_unk_rate(values: &[u32], lengths: &[usize], is_train: &[bool]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use polars::prelude::Column;
+    use polars::prelude::{Column, DataType};
     use serde_json::json;
 
     use super::*;
+    use crate::data::table::{read_parquet, require_columns};
     use crate::data::table::{u32_list_values, u32_values};
     use crate::data::vocab::VocabFile;
     use crate::stages::ingest::tests::{check_with_pyarrow, context};
@@ -361,14 +354,7 @@ mod tests {
 
         let path = dir.path().join("out").join(TOKENS_FILE);
         let frame = read_parquet(&path).unwrap();
-        let list = DataType::List(Box::new(DataType::UInt32));
-        let expected = [
-            ("image", DataType::String),
-            ("caption_index", DataType::UInt32),
-            ("split", DataType::String),
-            ("tokens", list),
-        ];
-        require_columns(&frame, &path, &expected).unwrap();
+        require_columns(&frame, &path, &crate::contract::tables::token_columns()).unwrap();
         assert_eq!(u32_values(&frame, "caption_index").unwrap(), [0, 1, 0, 0]);
         let tokens = u32_list_values(&frame, "tokens").unwrap();
         assert_eq!(tokens[0], [5, 2, 4, 3]);

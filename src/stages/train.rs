@@ -14,14 +14,10 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::stage::{normalize_typed, parse_params, InputSpec, StageContext, StageKind};
-use crate::engine::worker::run_in_worker;
-use crate::stages::device::DeviceChoice;
+use crate::contract::device::DeviceChoice;
+use crate::contract::files::{HISTORY_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE};
 use crate::stages::TORCH_WORKER;
-
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-pub const CONFIG_FILE: &str = "model.json";
-pub const HISTORY_FILE: &str = "history.json";
+use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, Inputs, StageKind};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,11 +112,14 @@ impl TrainParams {
     }
 }
 
+/// The kind's `kind:` name, which the worker's registry is keyed by.
+pub const KIND: &str = "train";
+
 pub struct Train;
 
 impl StageKind for Train {
     fn name(&self) -> &'static str {
-        "train"
+        KIND
     }
 
     fn version(&self) -> u32 {
@@ -132,22 +131,22 @@ impl StageKind for Train {
         normalize_typed::<TrainParams>(params)
     }
 
-    fn inputs(&self) -> Option<&'static [InputSpec]> {
+    fn inputs(&self) -> Inputs {
         const INPUTS: &[InputSpec] = &[
             InputSpec::required("tokens"),
             InputSpec::required("vocab"),
             InputSpec::required("features"),
             InputSpec::optional("embeddings"),
         ];
-        Some(INPUTS)
+        Inputs::Named(INPUTS)
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
-        [WEIGHTS_FILE, CONFIG_FILE, HISTORY_FILE].map(String::from).to_vec()
+        [WEIGHTS_FILE, MODEL_CONFIG_FILE, HISTORY_FILE].map(String::from).to_vec()
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<()> {
-        run_in_worker(TORCH_WORKER, self.name(), ctx)
+    fn execution(&self) -> Execution {
+        Execution::Worker(TORCH_WORKER)
     }
 }
 

@@ -37,22 +37,6 @@ pub struct DecoderConfig {
     pub pad_id: i64,
 }
 
-impl DecoderConfig {
-    /// The peer's sizes, for a given vocabulary and feature width.
-    pub fn merge_default(vocab_size: i64, feature_dim: i64, max_len: i64) -> Self {
-        Self {
-            vocab_size,
-            feature_dim,
-            embed: 256,
-            hidden: 256,
-            dense: 128,
-            dropout: 0.5,
-            max_len,
-            pad_id: 0,
-        }
-    }
-}
-
 /// The merge decoder. Built with [`MergeDecoder::new`] under a var-store path, so its
 /// weights are named `image.weight`, `embed.weight`, `lstm.weight_ih_l0`, `fc.weight`, `out.weight`…
 #[derive(Debug)]

@@ -4,4 +4,5 @@ pub mod backbone;
 pub mod data;
 pub mod decode;
 pub mod decoder;
+pub mod optim;
 pub mod train;

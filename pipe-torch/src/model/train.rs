@@ -19,11 +19,11 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
+use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use super::decoder::MergeDecoder;
+use super::optim::{Plateau, Stepper};
 
 /// Captions ready for training: one padded token matrix and, per caption, its image's row
 /// in the feature matrix.
@@ -69,6 +69,7 @@ impl CaptionSet {
 }
 
 /// Optimisation settings (the model's own sizes are in [`super::decoder::DecoderConfig`]).
+/// Built from the train kind's params, whose defaults are the only ones.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub lr: f64,
@@ -88,23 +89,6 @@ pub struct TrainOptions {
     pub bucket_batches: usize,
     pub seed: u64,
     pub device: Device,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            batch_size: 64,
-            max_epochs: 20,
-            patience: 3,
-            lr_factor: 0.5,
-            lr_patience: 1,
-            label_smoothing: 0.0,
-            bucket_batches: 1,
-            seed: 0,
-            device: Device::Cpu,
-        }
-    }
 }
 
 /// One line of `history.json`.
@@ -190,7 +174,8 @@ pub fn train(
         let plan = plan_epoch(&train.lengths, opts.batch_size, Some((&mut rng, opts.bucket_batches)), device);
         monitor.epoch_start(epoch, plan.batches.len());
         let started = Instant::now();
-        let train_loss = run_epoch(model, &features, &train_set, &plan, opts, Some(&mut opt), monitor);
+        let train_loss =
+            run_epoch(model, &features, &train_set, &plan, opts.label_smoothing, Some(&mut opt), monitor);
         let seconds = started.elapsed().as_secs_f64();
         let dev_loss =
             (!dev.is_empty()).then(|| evaluate(model, &features, &dev_set, opts.batch_size.max(256)));
@@ -230,8 +215,7 @@ pub fn evaluate(model: &MergeDecoder, features: &Tensor, set: &CaptionSet, batch
     let _guard = tch::no_grad_guard();
     let device = features.device();
     let plan = plan_epoch(&set.lengths, batch_size, None, device);
-    let eval_opts = TrainOptions { label_smoothing: 0.0, device, ..TrainOptions::default() };
-    run_epoch(model, features, set, &plan, &eval_opts, None, &mut Silent)
+    run_epoch(model, features, set, &plan, 0.0, None, &mut Silent)
 }
 
 /// One pass over `plan`; trains when `opt` is given. Returns the mean per-token loss.
@@ -240,7 +224,7 @@ fn run_epoch(
     features: &Tensor,
     set: &CaptionSet,
     plan: &EpochPlan,
-    opts: &TrainOptions,
+    label_smoothing: f64,
     mut opt: Option<&mut Stepper>,
     monitor: &mut dyn TrainMonitor,
 ) -> f64 {
@@ -248,7 +232,7 @@ fn run_epoch(
     let mut total = Tensor::zeros([], (Kind::Double, features.device()));
     let mut tokens = 0i64;
     for batch in &plan.batches {
-        let loss = batch_loss(model, features, set, plan, batch, train, opts.label_smoothing);
+        let loss = batch_loss(model, features, set, plan, batch, train, label_smoothing);
         if let Some(opt) = opt.as_deref_mut() {
             opt.backward_step(&loss);
         }
@@ -346,137 +330,6 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
     }
 }
 
-/// The optimiser: Adam, fused on the CPU, torch's own elsewhere.
-enum Stepper {
-    Torch(nn::Optimizer),
-    Fused(FusedAdam),
-}
-
-impl Stepper {
-    fn new(vs: &nn::VarStore, lr: f64) -> Result<Self> {
-        match FusedAdam::new(vs, lr) {
-            Some(fused) => Ok(Self::Fused(fused)),
-            None => Ok(Self::Torch(nn::Adam::default().build(vs, lr)?)),
-        }
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        match self {
-            Self::Torch(opt) => opt.set_lr(lr),
-            Self::Fused(opt) => opt.lr = lr,
-        }
-    }
-
-    fn backward_step(&mut self, loss: &Tensor) {
-        match self {
-            Self::Torch(opt) => opt.backward_step(loss),
-            Self::Fused(opt) => opt.backward_step(loss),
-        }
-    }
-}
-
-/// Adam with PyTorch's update rule and defaults (β 0.9/0.999, ε 1e-8 added to the
-/// bias-corrected √v, no weight decay), done in one pass per parameter: p, g, m and v are
-/// read once, p, m and v written once, and g zeroed in the same pass. torch's CPU Adam
-/// makes about eight passes plus a zero_grad pass, which on two cores was a sixth of a
-/// training step. Used only when every variable is a contiguous f32 CPU tensor.
-pub struct FusedAdam {
-    params: Vec<Tensor>,
-    /// First and second moments, one buffer per parameter.
-    moments: Vec<(Vec<f32>, Vec<f32>)>,
-    pub lr: f64,
-    steps: i32,
-}
-
-/// Elements per parallel work item of [`FusedAdam`].
-const ADAM_CHUNK: usize = 1 << 15;
-
-impl FusedAdam {
-    pub fn new(vs: &nn::VarStore, lr: f64) -> Option<Self> {
-        let params = vs.trainable_variables();
-        let fits = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
-        if !params.iter().all(fits) {
-            return None;
-        }
-        let moments = params.iter().map(|p| (vec![0f32; p.numel()], vec![0f32; p.numel()])).collect();
-        Some(Self { params, moments, lr, steps: 0 })
-    }
-
-    pub fn backward_step(&mut self, loss: &Tensor) {
-        loss.backward();
-        self.steps += 1;
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let step_size = (self.lr / (1.0 - b1.powi(self.steps))) as f32;
-        let inv_bc2_sqrt = (1.0 / (1.0 - b2.powi(self.steps)).sqrt()) as f32;
-        let k = AdamConstants { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, step_size, inv_bc2_sqrt };
-        for (param, (m, v)) in self.params.iter().zip(self.moments.iter_mut()) {
-            let grad = param.grad();
-            if !grad.defined() || !grad.is_contiguous() || grad.kind() != Kind::Float {
-                continue; // frozen, or unused in this graph
-            }
-            let n = param.numel();
-            // SAFETY: both tensors are contiguous f32 CPU tensors of `n` elements (checked
-            // in `new` and above), owned by the var store and the autograd engine, and no
-            // torch op runs on them while these slices live.
-            let (p, g) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(param.data_ptr() as *mut f32, n),
-                    std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n),
-                )
-            };
-            p.par_chunks_mut(ADAM_CHUNK)
-                .zip(g.par_chunks_mut(ADAM_CHUNK))
-                .zip(m.par_chunks_mut(ADAM_CHUNK).zip(v.par_chunks_mut(ADAM_CHUNK)))
-                .for_each(|((p, g), (m, v))| adam_update(p, g, m, v, &k));
-        }
-    }
-}
-
-struct AdamConstants {
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    step_size: f32,
-    inv_bc2_sqrt: f32,
-}
-
-/// One chunk of the Adam update; zeroes the gradient it consumed.
-fn adam_update(p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32], k: &AdamConstants) {
-    for i in 0..p.len() {
-        let gi = g[i];
-        let mi = k.b1 * m[i] + (1.0 - k.b1) * gi;
-        let vi = k.b2 * v[i] + (1.0 - k.b2) * gi * gi;
-        p[i] -= k.step_size * mi / (vi.sqrt() * k.inv_bc2_sqrt + k.eps);
-        (m[i], v[i], g[i]) = (mi, vi, 0.0);
-    }
-}
-
-/// ReduceLROnPlateau (mode min, relative threshold 1e-4, no cooldown), as in PyTorch.
-struct Plateau {
-    lr: f64,
-    factor: f64,
-    patience: usize,
-    best: f64,
-    bad: usize,
-}
-
-impl Plateau {
-    fn new(lr: f64, factor: f64, patience: usize) -> Self {
-        Self { lr, factor, patience, best: f64::INFINITY, bad: 0 }
-    }
-
-    fn observe(&mut self, loss: f64) {
-        if loss < self.best * (1.0 - 1e-4) {
-            (self.best, self.bad) = (loss, 0);
-        } else {
-            self.bad += 1;
-            if self.bad > self.patience {
-                (self.lr, self.bad) = (self.lr * self.factor, 0);
-            }
-        }
-    }
-}
-
 /// A copy of every variable, to keep the best epoch without touching the disk.
 fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
     tch::no_grad(|| vs.variables().into_iter().map(|(name, t)| (name, t.copy())).collect())
@@ -500,8 +353,11 @@ pub(crate) fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
 
 #[cfg(test)]
 mod tests {
+    use tch::nn::OptimizerConfig;
+
     use super::*;
     use crate::model::decoder::DecoderConfig;
+    use crate::model::optim::FusedAdam;
 
     /// Four images, one or two captions each, over a vocabulary of 12 (pad 0, unk 1,
     /// start 2, end 3).
@@ -543,8 +399,12 @@ mod tests {
             batch_size: 2,
             max_epochs: epochs,
             patience: epochs,
+            lr_factor: 0.5,
+            lr_patience: 1,
+            label_smoothing: 0.0,
+            bucket_batches: 1,
             seed,
-            ..Default::default()
+            device: Device::Cpu,
         };
         let empty = CaptionSet::from_lists(&[], &[], 0);
         let history = train(&model, &vs, &features, &set, &empty, &opts, &mut Silent).unwrap();

@@ -1,25 +1,31 @@
-//! The computation behind the `features` kind (its params, inputs, outputs and the
-//! feature cache's rules are documented in `pipe::stages::features`).
+//! The compute of the `features` kind (its params, inputs and outputs are declared in
+//! `pipe::stages::features`): manifest → feature cache ([`cache`]) → backbone for the rest
+//! → `features.arrow` in manifest order.
+
+mod cache;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
-use arrow_array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
-use arrow_ipc::reader::FileReader;
+use anyhow::{Context, Result};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use polars::prelude::{ParquetReader, SerReader};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::model::backbone::{Backbone, ExtractOptions, ExtractTimings, FeatureBatch, Precision, ThreadPlan};
-use pipe::engine::stage::StageContext;
-use pipe::stages::features::{FeaturesParams, MAX_SHARDS, SHARD_ROWS};
+pub use cache::{FeatureCache, MAX_SHARDS, SHARD_ROWS};
+
+use crate::model::backbone::{Backbone, ExtractOptions, ExtractTimings, FeatureBatch, ThreadPlan};
+use cache::ShardBuffer;
+use pipe::contract::files::{FEATURES_FILE, FEATURES_SUMMARY_FILE};
+use pipe::contract::tables::{read_image_manifest, ImageManifestRow, SkippedImage};
+use pipe::stages::features::FeaturesParams;
+use pipe_engine::fsutil::{write_atomic_with, write_json_atomic};
+use pipe_engine::stage::StageContext;
 
 /// Rows per record batch in `features.arrow`.
 const OUTPUT_BATCH_ROWS: usize = 1024;
@@ -39,41 +45,6 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     Ok(())
 }
 
-/// One row of `images.parquet` that this kind uses.
-#[derive(Debug, Clone)]
-pub struct ManifestRow {
-    pub image: String,
-    pub path: String,
-    pub content_hash: String,
-}
-
-/// Reads `image`, `path` and `content_hash` from ingest's `images.parquet`.
-pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
-    let file = File::open(path).with_context(|| format!("opening manifest {}", path.display()))?;
-    let columns = ["image", "path", "content_hash"].map(String::from).to_vec();
-    let df = ParquetReader::new(file)
-        .with_columns(Some(columns))
-        .finish()
-        .with_context(|| format!("reading manifest {}", path.display()))?;
-    let column = |name: &str| -> Result<Vec<Option<String>>> {
-        let col = df.column(name).with_context(|| format!("{}: column `{name}`", path.display()))?;
-        let strings =
-            col.str().with_context(|| format!("{}: column `{name}` must be Utf8", path.display()))?;
-        Ok(strings.iter().map(|s| s.map(str::to_owned)).collect())
-    };
-    let (images, paths, hashes) = (column("image")?, column("path")?, column("content_hash")?);
-    let mut rows = Vec::with_capacity(images.len());
-    for (i, ((image, rel), hash)) in images.into_iter().zip(paths).zip(hashes).enumerate() {
-        match (image, rel, hash) {
-            (Some(image), Some(path), Some(content_hash)) => {
-                rows.push(ManifestRow { image, path, content_hash })
-            }
-            _ => bail!("{}: row {i} has a null image, path or content_hash", path.display()),
-        }
-    }
-    Ok(rows)
-}
-
 /// What one run did, also written to `features.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeaturesSummary {
@@ -87,17 +58,10 @@ pub struct FeaturesSummary {
     pub images_per_s: f64,
 }
 
-/// An image left out of `features.arrow`, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedImage {
-    pub image: String,
-    pub reason: String,
-}
-
 /// The whole stage: manifest → cache lookup → extraction of the rest → outputs.
 pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<FeaturesSummary> {
     let started = Instant::now();
-    let manifest = read_manifest(ctx.input("manifest")?)?;
+    let manifest = read_image_manifest(ctx.input("manifest")?)?;
     let images_dir = ctx.input("images")?;
     let backbone_dir = ctx.input("backbone")?;
     let backbone = Backbone::load(backbone_dir, params.device, params.precision)?;
@@ -129,7 +93,7 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
 
     let t = Instant::now();
     let (count, skipped) =
-        write_features(&ctx.output("features.arrow"), &manifest, &found, &failures, backbone.dim())?;
+        write_features(&ctx.output(FEATURES_FILE), &manifest, &found, &failures, backbone.dim())?;
     let write_s = t.elapsed().as_secs_f64();
 
     let summary = FeaturesSummary {
@@ -157,9 +121,7 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         },
         "images_per_s": summary.images_per_s,
     });
-    let json_path = ctx.output("features.json");
-    fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", json_path.display()))?;
+    write_json_atomic(&ctx.output(FEATURES_SUMMARY_FILE), &report)?;
     Ok(summary)
 }
 
@@ -170,7 +132,7 @@ struct Todo {
 }
 
 /// Distinct content hashes not in `found`, each with the first file that has them.
-fn missing(manifest: &[ManifestRow], found: &HashMap<String, Vec<f32>>, images_dir: &Path) -> Vec<Todo> {
+fn missing(manifest: &[ImageManifestRow], found: &HashMap<String, Vec<f32>>, images_dir: &Path) -> Vec<Todo> {
     let mut seen = HashSet::new();
     manifest
         .iter()
@@ -224,17 +186,15 @@ fn compute(
 /// Writes `features.arrow` in manifest order; returns the row count and the skipped images.
 fn write_features(
     path: &Path,
-    manifest: &[ManifestRow],
+    manifest: &[ImageManifestRow],
     found: &HashMap<String, Vec<f32>>,
     failures: &HashMap<String, String>,
     dim: usize,
 ) -> Result<(usize, Vec<SkippedImage>)> {
     let schema = output_schema(dim);
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
     let mut skipped = Vec::new();
     let mut count = 0;
-    let rows: Vec<(&ManifestRow, &Vec<f32>)> = manifest
+    let rows: Vec<(&ImageManifestRow, &Vec<f32>)> = manifest
         .iter()
         .filter_map(|r| match found.get(&r.content_hash) {
             Some(v) => Some((r, v)),
@@ -245,20 +205,27 @@ fn write_features(
             }
         })
         .collect();
-    for chunk in rows.chunks(OUTPUT_BATCH_ROWS) {
-        let images = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.image.as_str()));
-        let hashes = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.content_hash.as_str()));
-        let values: Vec<f32> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
-        let columns: Vec<ArrayRef> = vec![Arc::new(images), Arc::new(hashes), feature_array(values, dim)?];
-        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
-        count += chunk.len();
-    }
-    writer.finish().with_context(|| format!("writing {}", path.display()))?;
+    write_atomic_with(path, |file| {
+        let mut writer = FileWriter::try_new(BufWriter::new(file), &schema)?;
+        for chunk in rows.chunks(OUTPUT_BATCH_ROWS) {
+            let images = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.image.as_str()));
+            let hashes = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.content_hash.as_str()));
+            let values: Vec<f32> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+            let columns: Vec<ArrayRef> =
+                vec![Arc::new(images), Arc::new(hashes), feature_array(values, dim)?];
+            writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+            count += chunk.len();
+        }
+        writer.finish()?;
+        writer.into_inner()?.flush()?;
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", path.display()))?;
     Ok((count, skipped))
 }
 
 /// `features: FixedSizeList<Float32, D>` with non-null items.
-fn features_field(dim: usize) -> Field {
+pub(crate) fn features_field(dim: usize) -> Field {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     Field::new("features", DataType::FixedSizeList(item, dim as i32), false)
 }
@@ -272,169 +239,20 @@ pub fn output_schema(dim: usize) -> SchemaRef {
     ]))
 }
 
-/// Schema of a cache shard.
-fn shard_schema(dim: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("content_hash", DataType::Utf8, false), features_field(dim)]))
-}
-
-fn feature_array(values: Vec<f32>, dim: usize) -> Result<ArrayRef> {
+pub(crate) fn feature_array(values: Vec<f32>, dim: usize) -> Result<ArrayRef> {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     Ok(Arc::new(FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?))
-}
-
-/// Vectors computed in this run and not yet written to a shard.
-#[derive(Default)]
-struct ShardBuffer {
-    hashes: Vec<String>,
-    values: Vec<f32>,
-}
-
-impl ShardBuffer {
-    fn push(&mut self, hash: &str, vector: &[f32]) {
-        self.hashes.push(hash.to_owned());
-        self.values.extend_from_slice(vector);
-    }
-    fn len(&self) -> usize {
-        self.hashes.len()
-    }
-}
-
-/// The persistent per-(backbone, precision) store of feature vectors (see the module doc).
-pub struct FeatureCache {
-    dir: PathBuf,
-    dim: usize,
-}
-
-impl FeatureCache {
-    /// Opens (creating) `<cache_dir>/<backbone_hash>-<precision>/`.
-    pub fn open(cache_dir: &Path, backbone_hash: &str, precision: Precision, dim: usize) -> Result<Self> {
-        let dir = cache_dir.join(format!("{backbone_hash}-{}", precision.as_str()));
-        fs::create_dir_all(&dir).with_context(|| format!("creating feature cache {}", dir.display()))?;
-        Ok(Self { dir, dim })
-    }
-
-    /// The shard files, sorted by name.
-    fn shards(&self) -> Result<Vec<PathBuf>> {
-        let mut shards = Vec::new();
-        for entry in fs::read_dir(&self.dir).with_context(|| format!("listing {}", self.dir.display()))? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with("shard-") && name.ends_with(".arrow") {
-                shards.push(path);
-            }
-        }
-        shards.sort();
-        Ok(shards)
-    }
-
-    /// Vectors for every hash in `wanted` that some shard holds. A shard that cannot be read
-    /// is reported through `warn` and deleted.
-    pub fn lookup(&self, wanted: &HashSet<&str>, warn: impl Fn(String)) -> Result<HashMap<String, Vec<f32>>> {
-        let mut found = HashMap::new();
-        for shard in self.shards()? {
-            let read = self.read_shard(&shard, &mut |hash, vector| {
-                if wanted.contains(hash) && !found.contains_key(hash) {
-                    found.insert(hash.to_owned(), vector.to_vec());
-                }
-            });
-            if let Err(err) = read {
-                warn(format!("ignoring unreadable feature cache shard {}: {err:#}", shard.display()));
-                let _ = fs::remove_file(&shard);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Calls `each(hash, vector)` for every row of one shard, after checking its schema.
-    fn read_shard(&self, path: &Path, each: &mut dyn FnMut(&str, &[f32])) -> Result<()> {
-        let file = File::open(path)?;
-        let reader = FileReader::try_new_buffered(file, None)?;
-        ensure!(reader.schema() == shard_schema(self.dim), "unexpected schema {:?}", reader.schema());
-        for batch in reader {
-            let batch = batch?;
-            let hashes =
-                batch.column(0).as_any().downcast_ref::<StringArray>().context("content_hash column")?;
-            let lists =
-                batch.column(1).as_any().downcast_ref::<FixedSizeListArray>().context("features column")?;
-            let values = lists.values().as_any().downcast_ref::<Float32Array>().context("features values")?;
-            let values = values.values(); // already sliced to this array's rows
-            for row in 0..batch.num_rows() {
-                each(hashes.value(row), &values[row * self.dim..(row + 1) * self.dim]);
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes and empties `pending` as one shard named after its contents; returns its path
-    /// (None when there was nothing to write).
-    fn write_shard(&self, pending: &mut ShardBuffer) -> Result<Option<PathBuf>> {
-        if pending.len() == 0 {
-            return Ok(None);
-        }
-        let mut id = blake3::Hasher::new();
-        for h in &pending.hashes {
-            id.update(h.as_bytes());
-        }
-        let name = format!("shard-{}.arrow", &id.finalize().to_hex()[..32]);
-        let hashes = StringArray::from_iter_values(pending.hashes.iter());
-        let values = feature_array(std::mem::take(&mut pending.values), self.dim)?;
-        let batch = RecordBatch::try_new(shard_schema(self.dim), vec![Arc::new(hashes), values])?;
-        pending.hashes.clear();
-        self.write_atomic(&name, batch)?;
-        Ok(Some(self.dir.join(name)))
-    }
-
-    /// Writes a record batch to `<dir>/<name>` through a temporary file and a rename.
-    fn write_atomic(&self, name: &str, batch: RecordBatch) -> Result<()> {
-        let tmp = self.dir.join(format!(".tmp-{}-{name}", std::process::id()));
-        let result = (|| -> Result<()> {
-            let file = File::create(&tmp)?;
-            let mut writer = FileWriter::try_new(BufWriter::new(file), &shard_schema(self.dim))?;
-            writer.write(&batch)?;
-            writer.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            fs::rename(&tmp, self.dir.join(name))?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.with_context(|| format!("writing feature cache shard {}/{name}", self.dir.display()))
-    }
-
-    /// Merges all shards into one when there are more than [`MAX_SHARDS`], so lookups stay
-    /// fast after many small incremental runs. Duplicate hashes keep their first vector.
-    pub fn compact_if_needed(&self, warn: impl Fn(String)) -> Result<()> {
-        let shards = self.shards()?;
-        if shards.len() <= MAX_SHARDS {
-            return Ok(());
-        }
-        let mut merged = ShardBuffer::default();
-        let mut seen = HashSet::new();
-        for shard in &shards {
-            let read = self.read_shard(shard, &mut |hash, vector| {
-                if seen.insert(hash.to_owned()) {
-                    merged.push(hash, vector);
-                }
-            });
-            if let Err(err) = read {
-                warn(format!("dropping unreadable feature cache shard {}: {err:#}", shard.display()));
-            }
-        }
-        let merged = self.write_shard(&mut merged)?;
-        for shard in shards.iter().filter(|s| Some(*s) != merged.as_ref()) {
-            fs::remove_file(shard).with_context(|| format!("removing merged shard {}", shard.display()))?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::fs::{self, File};
 
     use super::*;
-    use crate::model::backbone::DeviceChoice;
+    use crate::model::backbone::{DeviceChoice, Precision};
     use arrow_array::cast::AsArray;
+    use arrow_ipc::reader::FileReader;
     use polars::prelude::{df, ParquetWriter};
 
     /// The repository root (this crate is `pipe-torch/` inside it).
@@ -501,7 +319,7 @@ mod tests {
                 cache_dir: self.cache(),
                 workspace: self.root.path().to_path_buf(),
                 lineage: vec![],
-                progress: pipe::engine::stage::Progress::hidden(),
+                reporter: pipe_engine::reporter::Reporter::hidden(),
             };
             crate::features::run(&ctx).unwrap();
             (run_summary(&out), out)

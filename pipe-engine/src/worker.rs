@@ -1,7 +1,8 @@
 //! Runs a stage kind in a worker process.
 //!
 //! Some kinds need heavy native libraries: libtorch's static initialisers alone cost about
-//! 0.3 s in every process that loads it. Such a kind's `run` calls [`run_in_worker`], and
+//! 0.3 s in every process that loads it. Such a kind declares
+//! [`Execution::Worker`](crate::stage::Execution), the runner calls [`run_in_worker`], and
 //! its computation lives in a worker binary built from another crate, so the front end
 //! never links those libraries and engine commands (`status`, `dag`, a fully cached `run`)
 //! start in milliseconds. Only a stage that actually runs starts the worker.
@@ -21,7 +22,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::stage::{Progress, StageContext};
+use crate::reporter::Reporter;
+use crate::stage::StageContext;
 
 /// Set by the parent to its pid, so a worker can tell that its parent already died.
 const PARENT_PID_ENV: &str = "PIPE_WORKER_PARENT";
@@ -95,7 +97,7 @@ pub fn run_in_worker(program: &str, kind: &str, ctx: &StageContext) -> Result<()
                     bar.finish_and_clear();
                 }
             }
-            Ok(WorkerMessage::Log(text)) => ctx.progress.println(&text),
+            Ok(WorkerMessage::Log(text)) => ctx.reporter.println(&text),
             Ok(WorkerMessage::Error(message)) => error = Some(message),
             // Native libraries may print on stdout; keep it visible.
             Err(_) => ctx.log(&line),
@@ -157,8 +159,8 @@ fn serve(
     let run = lookup(&job.kind).ok_or_else(|| anyhow!("this worker has no kind `{}`", job.kind))?;
     let log = send.clone();
     let progress =
-        Progress::forwarding(Arc::new(move |line: &str| log(&WorkerMessage::Log(line.to_string()))));
-    let ctx = StageContext { progress: progress.clone(), ..job.context };
+        Reporter::forwarding(Arc::new(move |line: &str| log(&WorkerMessage::Log(line.to_string()))));
+    let ctx = StageContext { reporter: progress.clone(), ..job.context };
 
     let (stop, stopped) = mpsc::channel::<()>();
     let reporter = {
@@ -182,7 +184,7 @@ fn serve(
 }
 
 /// Sends the state of every bar that changed since the last call.
-fn report_bars(progress: &Progress, sent: &mut Vec<WorkerMessage>, send: &impl Fn(&WorkerMessage)) {
+fn report_bars(progress: &Reporter, sent: &mut Vec<WorkerMessage>, send: &impl Fn(&WorkerMessage)) {
     for (index, bar) in progress.bars().iter().enumerate() {
         let state = WorkerMessage::Bar {
             index,
@@ -239,7 +241,7 @@ mod tests {
 
     #[test]
     fn only_changed_bars_are_reported() {
-        let progress = Progress::hidden();
+        let progress = Reporter::hidden();
         let first = progress.add(ProgressBar::new(10));
         let sent_lines = RefCell::new(Vec::new());
         let send =

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use std::sync::{Arc, Mutex};
-
 use anyhow::{anyhow, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::reporter::Reporter;
 
 /// One input a kind reads: its name under `deps:` and whether it must be given.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +31,25 @@ impl InputSpec {
     }
 }
 
+/// The inputs a kind accepts under `deps:`.
+#[derive(Debug, Clone, Copy)]
+pub enum Inputs {
+    /// Exactly these names (the required ones must be given).
+    Named(&'static [InputSpec]),
+    /// Any names: the kind passes them on without reading them itself (a shell command).
+    Any,
+}
+
+/// Where a kind's [`StageKind::run`] happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// In the `pipe` process.
+    InProcess,
+    /// In the named worker binary, installed beside `pipe` (see [`crate::worker`]). The
+    /// runner starts it; the kind's own `run` is never called in the front end.
+    Worker(&'static str),
+}
+
 /// A stage kind: given inputs and params, it writes its outputs.
 pub trait StageKind: Send + Sync {
     /// The name used as `kind:` in pipeline.yaml.
@@ -44,14 +63,29 @@ pub trait StageKind: Send + Sync {
     /// gets hashed, so spelling out a default does not change a fingerprint.
     fn normalize_params(&self, params: &Value) -> Result<Value>;
 
-    /// The inputs this kind reads. `None` means any names are accepted (the `cmd` kind).
-    fn inputs(&self) -> Option<&'static [InputSpec]>;
+    /// The inputs this kind reads.
+    fn inputs(&self) -> Inputs;
 
     /// Output names (files or directories inside the output directory), given normalized params.
     fn outputs(&self, params: &Value) -> Vec<String>;
 
-    /// Does the work. Outputs go under `ctx.out_dir`.
-    fn run(&self, ctx: &StageContext) -> Result<()>;
+    /// Keys this kind accepts on the stage itself, beside `kind`, `desc`, `params` and
+    /// `deps` (DVC's `cmd:` and `outs:`). They are moved into its params before
+    /// [`Self::normalize_params`], so they are validated and hashed like any param.
+    fn stage_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Where [`Self::run`] happens.
+    fn execution(&self) -> Execution {
+        Execution::InProcess
+    }
+
+    /// Does the work. Outputs go under `ctx.out_dir`. Worker kinds leave the default:
+    /// their work is registered in the worker binary under the kind's name.
+    fn run(&self, ctx: &StageContext) -> Result<()> {
+        Err(anyhow!("stage {}: kind `{}` runs in a worker, not in this process", ctx.stage, self.name()))
+    }
 
     /// A resumable kind is handed back the partial output directory of an interrupted
     /// run with the same fingerprint, instead of an empty one.
@@ -80,9 +114,9 @@ pub fn parse_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
     })
 }
 
-/// What a running stage sees. It crosses to a worker process as JSON (see `engine::worker`);
-/// the progress sink stays behind.
-#[derive(Serialize, serde::Deserialize)]
+/// What a running stage sees. It crosses to a worker process as JSON (see [`crate::worker`]);
+/// the reporter stays behind.
+#[derive(Serialize, Deserialize)]
 pub struct StageContext {
     pub stage: String,
     /// Normalized params (see [`StageKind::normalize_params`]).
@@ -98,77 +132,11 @@ pub struct StageContext {
     /// The stages upstream of this one, in run order (for reports; not hashed).
     pub lineage: Vec<LineageEntry>,
     #[serde(skip)]
-    pub progress: Progress,
-}
-
-/// Where a stage's progress bars and log lines go: the terminal, nowhere (not a
-/// terminal, or a test), or the parent process of a worker (see `engine::worker`).
-#[derive(Clone)]
-pub struct Progress {
-    multi: MultiProgress,
-    /// Every bar handed out, so a worker can forward their state.
-    bars: Arc<Mutex<Vec<ProgressBar>>>,
-    forward_logs: Option<LogSink>,
-}
-
-/// Where a worker's log lines go instead of stderr.
-pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self::hidden()
-    }
-}
-
-impl Progress {
-    /// Bars on stderr when it is a terminal; log lines on stderr otherwise.
-    pub fn stderr() -> Self {
-        let multi = MultiProgress::new();
-        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            multi.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        Self { multi, bars: Default::default(), forward_logs: None }
-    }
-
-    /// No bars; log lines still go to stderr.
-    pub fn hidden() -> Self {
-        Self {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
-            bars: Default::default(),
-            forward_logs: None,
-        }
-    }
-
-    /// No bars drawn here; log lines go to `forward`, and bars are read back with [`Self::bars`].
-    pub fn forwarding(forward: LogSink) -> Self {
-        Self { forward_logs: Some(forward), ..Self::hidden() }
-    }
-
-    pub fn add(&self, bar: ProgressBar) -> ProgressBar {
-        let bar = self.multi.add(bar);
-        self.bars.lock().expect("progress bars lock").push(bar.clone());
-        bar
-    }
-
-    /// The bars handed out so far, oldest first.
-    pub fn bars(&self) -> Vec<ProgressBar> {
-        self.bars.lock().expect("progress bars lock").clone()
-    }
-
-    /// Prints a line above the bars without tearing them.
-    pub fn println(&self, line: &str) {
-        if let Some(forward) = &self.forward_logs {
-            forward(line);
-        } else if self.multi.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            let _ = self.multi.println(line);
-        }
-    }
+    pub reporter: Reporter,
 }
 
 /// What the runner knows about an upstream stage: handed forward, never looked up.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LineageEntry {
     pub stage: String,
     pub kind: String,
@@ -200,7 +168,7 @@ impl StageContext {
 
     /// A progress bar drawn under the runner's own lines (hidden when not a terminal).
     pub fn progress_bar(&self, len: u64, message: &str) -> ProgressBar {
-        let bar = self.progress.add(ProgressBar::new(len));
+        let bar = self.reporter.add(ProgressBar::new(len));
         bar.set_style(
             ProgressStyle::with_template(
                 "  {prefix} {msg:<18} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
@@ -215,6 +183,6 @@ impl StageContext {
 
     /// Prints a line without tearing progress bars.
     pub fn log(&self, line: impl AsRef<str>) {
-        self.progress.println(&format!("  {}: {}", self.stage, line.as_ref()));
+        self.reporter.println(&format!("  {}: {}", self.stage, line.as_ref()));
     }
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use thiserror::Error;
 
+use crate::reporter::Reporter;
+
 pub struct Workspace {
     pub root: PathBuf,
     /// The pipeline file, relative to `root`.
@@ -48,7 +50,7 @@ impl Workspace {
     }
 
     pub fn stat_cache_path(&self) -> PathBuf {
-        self.state_dir().join("stat-cache.json")
+        self.state_dir().join("stat-cache.bin")
     }
 
     /// The name that tells pipelines apart: `pipeline` for `pipeline.yaml`.
@@ -99,7 +101,7 @@ impl Workspace {
     }
 
     /// Takes the workspace lock, waiting for another run to finish unless `wait` is false.
-    pub fn lock(&self, wait: bool) -> Result<RunLock> {
+    pub fn lock(&self, wait: bool, reporter: &Reporter) -> Result<RunLock> {
         let path = self.state_dir().join("run.lock");
         fs::create_dir_all(self.state_dir())
             .with_context(|| format!("creating {}", self.state_dir().display()))?;
@@ -118,7 +120,8 @@ impl Workspace {
                 if !wait {
                     return Err(busy.into());
                 }
-                eprintln!("waiting: another `pipe` (pid {}) holds {}", busy.holder, busy.path);
+                reporter
+                    .println(&format!("waiting: another `pipe` (pid {}) holds {}", busy.holder, busy.path));
                 file.lock().with_context(|| format!("locking {}", path.display()))?;
             }
             Err(TryLockError::Error(err)) => {

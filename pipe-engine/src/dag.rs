@@ -2,9 +2,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
-use crate::engine::spec::Pipeline;
+/// Stages that depend on each other in a circle, named in order (the first repeats last).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dependency cycle: {}", .0.join(" -> "))]
+pub struct Cycle(pub Vec<String>);
 
 pub struct Dag {
     /// Stage names in a topological order that keeps file order where it can.
@@ -14,13 +17,12 @@ pub struct Dag {
 }
 
 impl Dag {
-    pub fn new(pipeline: &Pipeline) -> Result<Self> {
-        let upstream: HashMap<String, BTreeSet<String>> = pipeline
-            .stages
-            .iter()
-            .map(|stage| (stage.name.clone(), stage.upstream().map(str::to_string).collect()))
-            .collect();
-        let names: Vec<&str> = pipeline.stages.iter().map(|stage| stage.name.as_str()).collect();
+    /// Builds the graph from each stage's name and the stages it reads, in file order.
+    /// Every upstream name must be one of the stages.
+    pub fn new(stages: Vec<(String, BTreeSet<String>)>) -> Result<Self, Cycle> {
+        let names: Vec<String> = stages.iter().map(|(name, _)| name.clone()).collect();
+        let upstream: HashMap<String, BTreeSet<String>> = stages.into_iter().collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let order = topological_order(&names, &upstream)?;
         Ok(Self { order, upstream })
     }
@@ -61,7 +63,10 @@ impl Dag {
 }
 
 /// Kahn's algorithm, taking ready stages in file order; leftover stages form a cycle.
-fn topological_order(names: &[&str], upstream: &HashMap<String, BTreeSet<String>>) -> Result<Vec<String>> {
+fn topological_order(
+    names: &[&str],
+    upstream: &HashMap<String, BTreeSet<String>>,
+) -> Result<Vec<String>, Cycle> {
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut order = Vec::with_capacity(names.len());
     while order.len() < names.len() {
@@ -77,7 +82,7 @@ fn topological_order(names: &[&str], upstream: &HashMap<String, BTreeSet<String>
                 let stuck: Vec<&str> = names.iter().copied().filter(|name| !done.contains(name)).collect();
                 let cycle = find_cycle(&stuck, upstream)
                     .unwrap_or_else(|| stuck.iter().map(|s| s.to_string()).collect());
-                return Err(anyhow!("dependency cycle: {}", cycle.join(" -> ")));
+                return Err(Cycle(cycle));
             }
         }
     }
@@ -96,5 +101,34 @@ fn find_cycle(stuck: &[&str], upstream: &HashMap<String, BTreeSet<String>>) -> O
             return Some(cycle);
         }
         path.push(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dag(edges: &[(&str, &[&str])]) -> Result<Dag, Cycle> {
+        Dag::new(
+            edges
+                .iter()
+                .map(|(name, ups)| (name.to_string(), ups.iter().map(|u| u.to_string()).collect()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn order_keeps_file_order_where_it_can_and_select_takes_ancestors() {
+        let dag = dag(&[("c", &["b"]), ("a", &[]), ("b", &["a"]), ("d", &[])]).unwrap();
+        assert_eq!(dag.order, ["a", "b", "c", "d"]);
+        assert_eq!(dag.select(&["c".into()]).unwrap(), ["a", "b", "c"]);
+        assert_eq!(dag.select(&[]).unwrap(), dag.order);
+        assert!(dag.select(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let err = dag(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])]).err().unwrap();
+        assert_eq!(err.to_string(), "dependency cycle: b -> c -> a -> b");
     }
 }

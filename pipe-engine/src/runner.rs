@@ -7,14 +7,15 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::engine::dag::Dag;
-use crate::engine::fingerprint::{DirtyReason, Fingerprint};
-use crate::engine::hashing::{hash_uncached, StatCache};
-use crate::engine::lockfile::{LockFile, LockedStage};
-use crate::engine::spec::{DepSource, Pipeline, StageSpec};
-use crate::engine::stage::{LineageEntry, Progress, StageContext};
-use crate::engine::store::{Manifest, Store};
-use crate::engine::workspace::Workspace;
+use crate::fingerprint::{DirtyReason, Fingerprint};
+use crate::hashing::{hash_uncached, StatCache};
+use crate::lockfile::{LockFile, LockedStage};
+use crate::reporter::Reporter;
+use crate::spec::{DepSource, Pipeline, StageSpec};
+use crate::stage::{Execution, LineageEntry, StageContext};
+use crate::store::{Manifest, Store};
+use crate::worker::run_in_worker;
+use crate::workspace::Workspace;
 
 /// What `pipe status` reports for one stage.
 #[derive(Debug)]
@@ -58,24 +59,50 @@ struct ResolvedInputs {
 pub struct Runner<'a> {
     workspace: &'a Workspace,
     pipeline: &'a Pipeline,
-    dag: Dag,
     store: Store,
     stat_cache: StatCache,
     lock: LockFile,
-    progress: Progress,
+    reporter: Reporter,
+}
+
+/// The bookkeeping of one `run`: what is done, what waits, what runs, what failed.
+struct RunState {
+    selected: Vec<String>,
+    pending: Vec<String>,
+    running: HashSet<String>,
+    done: HashMap<String, Done>,
+    outcomes: Vec<StageOutcome>,
+    failure: Option<anyhow::Error>,
+}
+
+/// What a stage thread sends back when it ends.
+type Finished = (String, ResolvedInputs, Result<Manifest>);
+
+/// A stale stage, ready to run on its own thread.
+struct Job<'a> {
+    stage: &'a StageSpec,
+    resolved: ResolvedInputs,
+    fingerprint: String,
+    context: StageContext,
+    store: Store,
+}
+
+impl Job<'_> {
+    fn run(self) -> Finished {
+        let result = execute(self.stage, &self.store, &self.fingerprint, self.context);
+        (self.stage.name.clone(), self.resolved, result)
+    }
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(workspace: &'a Workspace, pipeline: &'a Pipeline) -> Result<Self> {
-        let progress = Progress::stderr();
+    pub fn new(workspace: &'a Workspace, pipeline: &'a Pipeline, reporter: Reporter) -> Result<Self> {
         Ok(Self {
             workspace,
             pipeline,
-            dag: Dag::new(pipeline)?,
-            store: Store::new(workspace.store_dir()),
+            store: Store::new(workspace.store_dir(), reporter.clone()),
             stat_cache: StatCache::load(&workspace.stat_cache_path()),
             lock: LockFile::load(&workspace.lock_file_path())?,
-            progress,
+            reporter,
         })
     }
 
@@ -158,7 +185,7 @@ impl<'a> Runner<'a> {
     pub fn status(&self, targets: &[String]) -> Result<Vec<(String, StageState)>> {
         let mut done = HashMap::new();
         let mut states = Vec::new();
-        for name in self.dag.select(targets)? {
+        for name in self.pipeline.dag.select(targets)? {
             let stage = self.stage(&name);
             let stale_upstream: Vec<String> =
                 stage.upstream().filter(|up| !done.contains_key(*up)).map(str::to_string).collect();
@@ -190,96 +217,109 @@ impl<'a> Runner<'a> {
         if options.dry_run {
             return self.dry_run(&options.targets);
         }
-        let selected = self.dag.select(&options.targets)?;
-        let jobs = options.jobs.max(1);
-        let mut done: HashMap<String, Done> = HashMap::new();
-        let mut outcomes = Vec::new();
-        let mut pending: Vec<String> = selected.clone();
-        let mut failure: Option<anyhow::Error> = None;
-        let (sender, receiver) = mpsc::channel::<(String, ResolvedInputs, Result<Manifest>)>();
-
+        let selected = self.pipeline.dag.select(&options.targets)?;
+        let mut state = RunState {
+            pending: selected.clone(),
+            selected,
+            running: HashSet::new(),
+            done: HashMap::new(),
+            outcomes: Vec::new(),
+            failure: None,
+        };
+        let (sender, receiver) = mpsc::channel::<Finished>();
         std::thread::scope(|scope| -> Result<()> {
-            let mut running: HashSet<String> = HashSet::new();
             loop {
-                // Start every ready stage (cached ones complete immediately).
-                while failure.is_none() && running.len() < jobs {
-                    let Some(index) = pending.iter().position(|name| {
-                        self.dag.upstream[name]
-                            .iter()
-                            .all(|up| done.contains_key(up) || !selected.contains(up))
-                    }) else {
-                        break;
-                    };
-                    let name = pending.remove(index);
-                    let stage = self.stage(&name);
-                    let resolved = self.resolve_selected(stage, &done)?;
-                    let fingerprint = resolved.fingerprint.digest();
-                    if !options.force {
-                        if let Some(manifest) = self.store.manifest(&fingerprint) {
-                            let output_dir = self.store.output_dir(&fingerprint);
-                            self.record(stage, &resolved, &manifest)?;
-                            self.say(format!("  cached  {:<12} {}", name, &fingerprint[..12]));
-                            outcomes.push(StageOutcome {
-                                stage: name.clone(),
-                                fingerprint,
-                                ran: false,
-                                seconds: 0.0,
-                            });
-                            done.insert(name, Done { manifest, output_dir, ran: false });
-                            continue;
-                        }
+                while state.failure.is_none() && state.running.len() < options.jobs.max(1) {
+                    let Some(name) = self.next_ready(&mut state) else { break };
+                    if let Some(job) = self.start_or_reuse(&name, options.force, &mut state)? {
+                        let sender = sender.clone();
+                        scope.spawn(move || {
+                            let _ = sender.send(job.run());
+                        });
                     }
-                    let why = if options.force {
-                        DirtyReason::Forced.to_string()
-                    } else {
-                        self.reasons(stage, Some(&resolved), &[])
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    };
-                    self.say(format!("  run     {:<12} ({why})", name));
-                    let context = self.context(stage, &resolved, &fingerprint, &done)?;
-                    let sender = sender.clone();
-                    let store = self.store.clone();
-                    running.insert(name.clone());
-                    scope.spawn(move || {
-                        let result = execute(stage, &store, &fingerprint, context);
-                        let _ = sender.send((stage.name.clone(), resolved, result));
-                    });
                 }
-                if running.is_empty() {
+                if state.running.is_empty() {
                     break;
                 }
-                let (name, resolved, result) = receiver.recv().expect("a running stage always reports");
-                running.remove(&name);
-                match result {
-                    Ok(manifest) => {
-                        let stage = self.stage(&name);
-                        self.record(stage, &resolved, &manifest)?;
-                        self.say(format!("  ran     {:<12} {:.1}s", name, manifest.seconds));
-                        outcomes.push(StageOutcome {
-                            stage: name.clone(),
-                            fingerprint: manifest.fingerprint.clone(),
-                            ran: true,
-                            seconds: manifest.seconds,
-                        });
-                        let output_dir = self.store.output_dir(&manifest.fingerprint);
-                        done.insert(name, Done { manifest, output_dir, ran: true });
-                    }
-                    Err(err) => {
-                        self.say(format!("  FAILED  {name}"));
-                        failure.get_or_insert(err.context(format!("stage `{name}` failed")));
-                    }
-                }
+                let finished = receiver.recv().expect("a running stage always reports");
+                self.finish(finished, &mut state)?;
             }
             Ok(())
         })?;
         self.stat_cache.save()?;
-        match failure {
+        match state.failure {
             Some(err) => Err(StageFailed(err).into()),
-            None => Ok(outcomes),
+            None => Ok(state.outcomes),
         }
+    }
+
+    /// Takes the first pending stage whose selected upstream stages are all done.
+    fn next_ready(&self, state: &mut RunState) -> Option<String> {
+        let index = state.pending.iter().position(|name| {
+            self.pipeline.dag.upstream[name]
+                .iter()
+                .all(|up| state.done.contains_key(up) || !state.selected.contains(up))
+        })?;
+        Some(state.pending.remove(index))
+    }
+
+    /// Completes a stage from the store when its artifact exists (and the run is not
+    /// forced); otherwise prepares its output directory and returns the job to run.
+    fn start_or_reuse(&mut self, name: &str, force: bool, state: &mut RunState) -> Result<Option<Job<'a>>> {
+        let stage = self.stage(name);
+        let resolved = self.resolve_selected(stage, &state.done)?;
+        let fingerprint = resolved.fingerprint.digest();
+        if !force {
+            if let Some(manifest) = self.store.manifest(&fingerprint) {
+                self.record(stage, &resolved, &manifest)?;
+                self.say(format!("  cached  {:<12} {}", name, &fingerprint[..12]));
+                state.outcomes.push(StageOutcome {
+                    stage: name.to_string(),
+                    fingerprint,
+                    ran: false,
+                    seconds: 0.0,
+                });
+                let output_dir = self.store.output_dir(&manifest.fingerprint);
+                state.done.insert(name.to_string(), Done { manifest, output_dir, ran: false });
+                return Ok(None);
+            }
+        }
+        let why = if force {
+            DirtyReason::Forced.to_string()
+        } else {
+            let reasons = self.reasons(stage, Some(&resolved), &[]);
+            reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        };
+        self.say(format!("  run     {:<12} ({why})", name));
+        let context = self.context(stage, &resolved, &fingerprint, &state.done)?;
+        state.running.insert(name.to_string());
+        Ok(Some(Job { stage, resolved, fingerprint, context, store: self.store.clone() }))
+    }
+
+    /// Records a stage that ended: into the lock file and `done`, or as the run's failure.
+    fn finish(&mut self, (name, resolved, result): Finished, state: &mut RunState) -> Result<()> {
+        state.running.remove(&name);
+        match result {
+            Ok(manifest) => {
+                // The stage may have written into the workspace: hash its paths afresh.
+                self.stat_cache.forget_run();
+                self.record(self.stage(&name), &resolved, &manifest)?;
+                self.say(format!("  ran     {:<12} {:.1}s", name, manifest.seconds));
+                state.outcomes.push(StageOutcome {
+                    stage: name.clone(),
+                    fingerprint: manifest.fingerprint.clone(),
+                    ran: true,
+                    seconds: manifest.seconds,
+                });
+                let output_dir = self.store.output_dir(&manifest.fingerprint);
+                state.done.insert(name, Done { manifest, output_dir, ran: true });
+            }
+            Err(err) => {
+                self.say(format!("  FAILED  {name}"));
+                state.failure.get_or_insert(err.context(format!("stage `{name}` failed")));
+            }
+        }
+        Ok(())
     }
 
     /// `resolve` for a stage whose upstream stages are all done (the selection includes them).
@@ -309,7 +349,7 @@ impl<'a> Runner<'a> {
         done: &HashMap<String, Done>,
     ) -> Result<StageContext> {
         let out_dir = self.store.begin(fingerprint, stage.kind.resumable())?;
-        let ancestors = self.dag.select(std::slice::from_ref(&stage.name))?;
+        let ancestors = self.pipeline.dag.select(std::slice::from_ref(&stage.name))?;
         let lineage = ancestors
             .iter()
             .filter(|name| **name != stage.name)
@@ -332,7 +372,7 @@ impl<'a> Runner<'a> {
             cache_dir: self.workspace.kind_cache_dir(stage.kind.name()),
             workspace: self.workspace.root.clone(),
             lineage,
-            progress: self.progress.clone(),
+            reporter: self.reporter.clone(),
         })
     }
 
@@ -355,7 +395,7 @@ impl<'a> Runner<'a> {
     }
 
     fn say(&self, line: String) {
-        self.progress.println(&line);
+        self.reporter.println(&line);
     }
 }
 
@@ -366,6 +406,9 @@ pub struct StageFailed(pub anyhow::Error);
 
 fn execute(stage: &StageSpec, store: &Store, fingerprint: &str, context: StageContext) -> Result<Manifest> {
     let started = Instant::now();
-    stage.kind.run(&context)?;
+    match stage.kind.execution() {
+        Execution::InProcess => stage.kind.run(&context)?,
+        Execution::Worker(program) => run_in_worker(program, stage.kind.name(), &context)?,
+    }
     store.commit(fingerprint, stage.kind.name(), &stage.outputs, started.elapsed().as_secs_f64())
 }

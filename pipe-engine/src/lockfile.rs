@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fingerprint::Fingerprint;
-use crate::engine::fsutil::write_atomic;
+use crate::fingerprint::Fingerprint;
+use crate::fsutil::write_atomic;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LockFile {

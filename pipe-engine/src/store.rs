@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fsutil::{remove_path, write_atomic};
-use crate::engine::hashing::{combine_tree, hash_tree_files, hash_uncached};
+use crate::fsutil::{remove_path, sync_dir, write_json_atomic};
+use crate::hashing::{combine_tree, hash_tree_files, hash_uncached};
+use crate::reporter::Reporter;
 
 /// What a complete artifact records about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,11 +38,12 @@ pub struct Manifest {
 #[derive(Clone)]
 pub struct Store {
     root: PathBuf,
+    reporter: Reporter,
 }
 
 impl Store {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub fn new(root: PathBuf, reporter: Reporter) -> Self {
+        Self { root, reporter }
     }
 
     pub fn artifact_dir(&self, fingerprint: &str) -> PathBuf {
@@ -64,7 +66,7 @@ impl Store {
         match serde_json::from_slice::<Manifest>(&bytes) {
             Ok(manifest) if manifest.fingerprint == fingerprint => Some(manifest),
             _ => {
-                eprintln!("warning: ignoring damaged store entry {}", path.display());
+                self.reporter.warn(&format!("ignoring damaged store entry {}", path.display()));
                 None
             }
         }
@@ -108,10 +110,11 @@ impl Store {
             tree_hash: combine_tree(&files),
             seconds,
         };
-        write_atomic(&tmp.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
+        write_json_atomic(&tmp.join("manifest.json"), &manifest)?;
         let dest = self.artifact_dir(fingerprint);
         remove_path(&dest)?; // a damaged entry we decided not to trust
         fs::rename(&tmp, &dest).with_context(|| format!("moving {} into the store", tmp.display()))?;
+        sync_dir(&self.root)?;
         Ok(manifest)
     }
 
@@ -198,7 +201,7 @@ mod tests {
     #[test]
     fn commit_is_all_or_nothing() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::new(tmp.path().join("store"));
+        let store = Store::new(tmp.path().join("store"), Reporter::hidden());
         let out = store.begin("fp1", false).unwrap();
         fs::write(out.join("a.txt"), "hello").unwrap();
         assert!(store.manifest("fp1").is_none(), "nothing is visible before commit");
@@ -223,7 +226,7 @@ mod tests {
     #[test]
     fn begin_wipes_unless_resuming() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::new(tmp.path().to_path_buf());
+        let store = Store::new(tmp.path().to_path_buf(), Reporter::hidden());
         let out = store.begin("fp", false).unwrap();
         fs::write(out.join("part-0"), "x").unwrap();
         assert!(store.begin("fp", true).unwrap().join("part-0").exists());

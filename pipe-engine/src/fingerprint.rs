@@ -29,14 +29,14 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::spec::flatten_params;
+use crate::spec::flatten_params;
 
 /// Everything that decides a stage's outputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// The stage kind, e.g. `train`.
     pub kind: String,
-    /// [`crate::engine::stage::StageKind::version`].
+    /// [`crate::stage::StageKind::version`].
     pub kind_version: u32,
     /// Normalized params.
     pub params: Value,

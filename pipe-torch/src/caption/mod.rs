@@ -1,0 +1,339 @@
+//! The compute of the `caption` kind (its modes, params, inputs and outputs are declared in
+//! `pipe::stages::caption`): split mode here, archive mode in [`archive`], the trained
+//! model and its decode settings in [`captioner`].
+
+mod archive;
+mod captioner;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use tch::Tensor;
+
+pub use archive::{Archive, ArchiveReport};
+pub use captioner::{CaptionModel, DecodeSettings};
+
+use crate::model::backbone::{Backbone, DeviceChoice, ExtractOptions, Precision, ResolveDevice, ThreadPlan};
+use crate::model::data::{FeatureTable, TokenTable};
+use pipe::contract::files::{artifact, FEATURES_FILE, GENERATED_CAPTIONS_FILE, TOKENS_FILE, VOCAB_FILE};
+use pipe::contract::tables::{write_generated_captions, GeneratedCaption};
+use pipe::stages::caption::CaptionParams;
+use pipe_engine::stage::StageContext;
+
+/// Runs a `caption` stage.
+pub fn run(ctx: &StageContext) -> Result<()> {
+    let params: CaptionParams = ctx.params()?;
+    let device = params.device.resolve()?;
+    let threads = ThreadPlan::new(0, device);
+    tch::set_num_threads(threads.torch as i32);
+    let model = CaptionModel::load(ctx.input("model")?, &artifact(ctx.input("vocab")?, VOCAB_FILE), device)?;
+    let Some(folder) = &params.folder else {
+        return run_split(ctx, &model, &params);
+    };
+    let backbone_dir =
+        ctx.input("backbone").context("archive mode (params.folder) needs input `backbone`")?;
+    let backbone = Backbone::load(backbone_dir, params.device, Precision::Fp32)?;
+    // Listing the folder as the `images` dep makes its content part of the fingerprint,
+    // so adding images to the archive reruns the stage.
+    let folder = ctx.workspace.join(folder);
+    if let Some(dep) = ctx.optional_input("images") {
+        ensure!(
+            dep.canonicalize().ok() == folder.canonicalize().ok(),
+            "params.folder ({}) and the `images` dep ({}) must name the same folder",
+            folder.display(),
+            dep.display()
+        );
+    }
+    let archive = Archive {
+        folder,
+        chunk_size: params.chunk_size,
+        extract: ExtractOptions {
+            batch_size: params.backbone_batch,
+            decode_threads: threads.decode,
+            ..Default::default()
+        },
+        settings: DecodeSettings::from(&params),
+    };
+    let bar = ctx.progress_bar(0, "captioning");
+    let report = archive.run(
+        &model,
+        &backbone,
+        &ctx.out_dir,
+        None,
+        &mut |n, total| {
+            bar.set_length(total as u64);
+            bar.set_position(n as u64);
+            Ok(())
+        },
+        &|line| ctx.log(line),
+    )?;
+    bar.finish_and_clear();
+    ctx.log(report.summary());
+    Ok(())
+}
+
+/// Split mode: captions the images of `params.split` from cached features.
+fn run_split(ctx: &StageContext, model: &CaptionModel, params: &CaptionParams) -> Result<()> {
+    let features_path =
+        artifact(ctx.input("features").context("split mode needs input `features`")?, FEATURES_FILE);
+    let tokens_path = ctx.optional_input("tokens").map(|p| artifact(p, TOKENS_FILE));
+    let started = Instant::now();
+    let rows = caption_split(
+        model,
+        &features_path,
+        tokens_path.as_deref(),
+        &params.split,
+        &DecodeSettings::from(params),
+    )?;
+    write_generated_captions(&ctx.output(GENERATED_CAPTIONS_FILE), &rows)?;
+    let secs = started.elapsed().as_secs_f64();
+    ctx.log(format!(
+        "{} images in {secs:.1} s ({:.0} captions/s)",
+        rows.len(),
+        rows.len() as f64 / secs.max(1e-9)
+    ));
+    Ok(())
+}
+
+/// The rows of split mode: every image of `split` (or of the feature table without tokens).
+pub fn caption_split(
+    model: &CaptionModel,
+    features_path: &Path,
+    tokens_path: Option<&Path>,
+    split: &str,
+    settings: &DecodeSettings,
+) -> Result<Vec<GeneratedCaption>> {
+    let features = FeatureTable::load(features_path)?;
+    let images = match tokens_path {
+        Some(path) => TokenTable::load(path)?.split_images(split),
+        None => features.images.clone(),
+    };
+    if images.is_empty() {
+        bail!("no images in split `{split}`");
+    }
+    let index = features.index();
+    let rows: Vec<i64> = images
+        .iter()
+        .map(|img| {
+            index
+                .get(img.as_str())
+                .copied()
+                .with_context(|| format!("image `{img}` has no features in {}", features_path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let selected = features.matrix.index_select(0, &Tensor::from_slice(&rows));
+    let captions = model.caption(&selected, settings)?;
+    Ok(images
+        .into_iter()
+        .zip(captions)
+        .map(|(image, (caption, log_prob))| GeneratedCaption { image, caption, log_prob })
+        .collect())
+}
+
+/// Options of [`caption_images`] (the `pipe caption IMAGE...` command).
+#[derive(Debug, Clone, Default)]
+pub struct CaptionImagesOptions {
+    pub settings: DecodeSettings,
+    pub device: DeviceChoice,
+    /// The precision of the features stage whose features the model was trained on.
+    pub precision: Precision,
+}
+
+/// Captions a few image files: (path, caption, log_prob) per readable file, in order;
+/// unreadable files are an error naming them.
+pub fn caption_images(
+    model_dir: &Path,
+    vocab_path: &Path,
+    backbone_dir: &Path,
+    paths: &[PathBuf],
+    opts: &CaptionImagesOptions,
+) -> Result<Vec<(PathBuf, String, f64)>> {
+    let device = opts.device.resolve()?;
+    tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
+    let model = CaptionModel::load(model_dir, &artifact(vocab_path, VOCAB_FILE), device)?;
+    let backbone = Backbone::load(backbone_dir, opts.device, opts.precision)?;
+    let (features, skipped) = backbone.extract_all(paths, &ExtractOptions::default())?;
+    if let Some(s) = skipped.first() {
+        bail!("{}: {}", paths[s.index].display(), s.reason);
+    }
+    let values: Vec<f32> = features.into_iter().flatten().flatten().collect();
+    let matrix = Tensor::from_slice(&values).view([paths.len() as i64, backbone.dim() as i64]);
+    let captions = model.caption(&matrix, &opts.settings)?;
+    Ok(paths.iter().cloned().zip(captions).map(|(p, (c, lp))| (p, c, lp)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::archive::{part_path, PARTS_DIR};
+    use super::*;
+    use crate::model::backbone::BackboneSpec;
+    use crate::model::train::Silent;
+    use crate::train::{run_training, TrainInputs};
+    use image::{Rgb, RgbImage};
+    use pipe::contract::files::SKIPPED_FILE;
+    use pipe::contract::tables::{read_generated_captions, SkippedImage};
+    use pipe::stages::caption::DecoderKind;
+    use pipe::stages::train::TrainParams;
+    use pipe_engine::fsutil::write_json_atomic as write_json;
+    use tch::Device;
+
+    /// A tiny TorchScript "backbone": mean colour per channel times a fixed (3, 8) matrix.
+    fn write_backbone(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let w = Tensor::from_slice(&[
+            1.0f32, -1.0, 0.5, 2.0, 0.0, 1.0, -0.5, 1.5, 0.3, 1.0, -2.0, 0.7, 1.1, 0.2, -1.0, 0.4, 0.9, -0.3,
+            1.0, 0.5, -0.7, 0.2, 1.3, -1.2,
+        ])
+        .view([3, 8]);
+        let input = Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, Device::Cpu));
+        let module = tch::CModule::create_by_tracing("Backbone", "forward", &[input], &mut |xs| {
+            vec![xs[0].mean_dim(&[2i64, 3][..], false, tch::Kind::Float).matmul(&w)]
+        })
+        .unwrap();
+        module.save(dir.join("model.pt")).unwrap();
+        let spec = BackboneSpec {
+            name: "tiny".into(),
+            input_size: 8,
+            resize: "stretch".into(),
+            mean: [0.5; 3],
+            std: [0.25; 3],
+            dim: 8,
+            layout: "NCHW".into(),
+            value_range: 1.0,
+        };
+        write_json(&dir.join("backbone.json"), &spec).unwrap();
+    }
+
+    /// A folder of 23 small images in two sub-folders, plus one corrupt file.
+    fn write_folder(dir: &Path) {
+        for i in 0..23u8 {
+            let sub = dir.join(if i % 2 == 0 { "even" } else { "odd/deeper" });
+            std::fs::create_dir_all(&sub).unwrap();
+            let img = RgbImage::from_fn(12, 10, |x, y| Rgb([i * 11, (x * 20) as u8, (y * 25) as u8]));
+            img.save(sub.join(format!("img{i:02}.png"))).unwrap();
+        }
+        std::fs::write(dir.join("even/broken.jpg"), b"not a jpeg").unwrap();
+    }
+
+    /// Trains a tiny model on synthetic artifacts; returns (model dir, vocab path, data dir).
+    fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
+        use pipe::data::table::{u32_list_column, write_parquet};
+        use polars::prelude::{Column, DataFrame};
+        let vocab = crate::model::data::tests::vocab_of(&["dog", "cat", "runs", "sits", "red", "blue"]);
+        let vocab_path = root.join("vocab.json");
+        write_json(&vocab_path, &vocab.file).unwrap();
+        let names = ["i0.jpg", "i1.jpg", "i2.jpg", "i3.jpg"];
+        crate::model::data::tests::write_features(&root.join("features.arrow"), &names, 8);
+        let caps = ["red dog runs", "blue cat sits", "red cat runs", "blue dog sits"];
+        let (mut images, mut splits, mut values, mut lengths) = (vec![], vec![], vec![], vec![]);
+        for (i, c) in caps.iter().enumerate() {
+            let mut ids = Vec::new();
+            vocab.encode_into(c, &mut ids);
+            for split in ["train", "dev"] {
+                images.push(names[i]);
+                splits.push(split);
+                lengths.push(ids.len());
+                values.extend_from_slice(&ids);
+            }
+        }
+        let mut df = DataFrame::new_infer_height(vec![
+            Column::new("image".into(), images),
+            Column::new("caption_index".into(), vec![0u32; lengths.len()]),
+            Column::new("split".into(), splits),
+            u32_list_column("tokens", &values, &lengths),
+        ])
+        .unwrap();
+        write_parquet(&mut df, &root.join("tokens.parquet")).unwrap();
+        let model_dir = root.join("model");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        let inputs = TrainInputs {
+            tokens: root.join("tokens.parquet"),
+            vocab: vocab_path.clone(),
+            features: root.join("features.arrow"),
+            embeddings: None,
+        };
+        let _rng = crate::model::train::torch_rng_lock();
+        let params = TrainParams {
+            embed: 16,
+            hidden: 16,
+            dense: 16,
+            dropout: 0.0,
+            lr: 0.02,
+            batch_size: 4,
+            epochs: 60,
+            patience: 60,
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        };
+        run_training(&inputs, &params, &model_dir, &mut Silent, &|_| ()).unwrap();
+        (model_dir, vocab_path)
+    }
+
+    #[test]
+    fn trains_then_captions_a_split_with_the_training_captions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model_dir, vocab) = tiny_model(dir.path());
+        let history: crate::model::train::History =
+            serde_json::from_str(&std::fs::read_to_string(model_dir.join("history.json")).unwrap()).unwrap();
+        assert!(history.epochs.last().unwrap().train_loss < 0.2, "{history:?}");
+        let model = CaptionModel::load(&model_dir, &vocab, Device::Cpu).unwrap();
+        let features = dir.path().join("features.arrow");
+        let tokens = dir.path().join("tokens.parquet");
+        for decoder in [DecoderKind::Greedy, DecoderKind::Beam] {
+            let settings = DecodeSettings { decoder, batch_size: 3, ..Default::default() };
+            let rows = caption_split(&model, &features, Some(&tokens), "dev", &settings).unwrap();
+            let got: Vec<&str> = rows.iter().map(|r| r.caption.as_str()).collect();
+            assert_eq!(
+                got,
+                ["red dog runs", "blue cat sits", "red cat runs", "blue dog sits"],
+                "{decoder:?}"
+            );
+            assert!(rows.iter().all(|r| r.log_prob < 0.0 && r.log_prob > -1.0));
+        }
+    }
+
+    #[test]
+    fn archive_mode_resumes_to_the_same_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model_dir, vocab) = tiny_model(dir.path());
+        let (folder, backbone_dir) = (dir.path().join("photos"), dir.path().join("backbone"));
+        write_folder(&folder);
+        write_backbone(&backbone_dir);
+        let model = CaptionModel::load(&model_dir, &vocab, Device::Cpu).unwrap();
+        let backbone = Backbone::load(&backbone_dir, DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        let archive = Archive {
+            folder,
+            chunk_size: 5,
+            extract: ExtractOptions { batch_size: 3, ..Default::default() },
+            settings: DecodeSettings::default(),
+        };
+        let run = |out: &Path, stop: Option<usize>| {
+            archive.run(&model, &backbone, out, stop, &mut |_, _| Ok(()), &|_| ()).unwrap()
+        };
+        let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
+        let full = run(&whole, None);
+        assert!(full.complete);
+        assert_eq!((full.files, full.captioned, full.skipped), (24, 23, 1));
+        let first = run(&resumed, Some(2));
+        assert!(!first.complete && !resumed.join(GENERATED_CAPTIONS_FILE).exists());
+        assert!(
+            part_path(&resumed.join(PARTS_DIR), 1).exists()
+                && !part_path(&resumed.join(PARTS_DIR), 2).exists()
+        );
+        let second = run(&resumed, None);
+        assert_eq!(second.resumed_parts, 2);
+        let (a, b) = (
+            read_generated_captions(&whole.join(GENERATED_CAPTIONS_FILE)).unwrap(),
+            read_generated_captions(&resumed.join(GENERATED_CAPTIONS_FILE)).unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 23);
+        assert!(a.iter().any(|r| r.image == "odd/deeper/img01.png"));
+        let skipped: Vec<SkippedImage> =
+            serde_json::from_str(&std::fs::read_to_string(resumed.join(SKIPPED_FILE)).unwrap()).unwrap();
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].image, "even/broken.jpg");
+        assert!(!resumed.join(PARTS_DIR).exists());
+    }
+}

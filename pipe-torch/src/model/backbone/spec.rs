@@ -1,0 +1,92 @@
+//! A backbone directory: the TorchScript file, its `backbone.json` sidecar, and the
+//! content hash that identifies the features it makes.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The TorchScript file inside a backbone directory.
+pub const MODEL_FILE: &str = "model.pt";
+/// The preprocessing sidecar inside a backbone directory.
+pub const SIDECAR_FILE: &str = "backbone.json";
+
+/// `backbone.json`: how the model expects its input, and what it returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneSpec {
+    /// Architecture name, e.g. `efficientnet_lite0`.
+    pub name: String,
+    /// Side S of the square input.
+    pub input_size: u32,
+    /// How images reach S×S. Only `stretch` (ignore aspect ratio, as the peer does) exists.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// Per-channel (RGB) mean, in the units of `value_range`.
+    pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation, in the units of `value_range`.
+    pub std: [f32; 3],
+    /// Feature dimension D.
+    pub dim: usize,
+    /// Tensor layout of the input. Only `NCHW`.
+    #[serde(default = "default_layout")]
+    pub layout: String,
+    /// The value a white pixel has before normalization: 1.0 or 255.
+    #[serde(default = "default_value_range")]
+    pub value_range: f32,
+}
+
+pub(super) fn default_resize() -> String {
+    "stretch".into()
+}
+pub(super) fn default_layout() -> String {
+    "NCHW".into()
+}
+fn default_value_range() -> f32 {
+    1.0
+}
+
+impl BackboneSpec {
+    /// Reads and validates `<dir>/backbone.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(SIDECAR_FILE);
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let spec: Self =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        spec.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(self.layout == "NCHW", "layout `{}` is not supported (only NCHW)", self.layout);
+        ensure!(self.resize == "stretch", "resize `{}` is not supported (only stretch)", self.resize);
+        ensure!((1..=4096).contains(&self.input_size), "input_size {} out of range", self.input_size);
+        ensure!(self.dim > 0, "dim must be positive");
+        ensure!(self.std.iter().all(|s| *s > 0.0), "std must be positive: {:?}", self.std);
+        ensure!(
+            self.value_range == 1.0 || self.value_range == 255.0,
+            "value_range must be 1.0 or 255, not {}",
+            self.value_range
+        );
+        Ok(())
+    }
+
+    /// Floats in one prepared image: 3 × S × S.
+    pub fn image_len(&self) -> usize {
+        3 * (self.input_size as usize).pow(2)
+    }
+}
+
+/// blake3 over `model.pt` and `backbone.json`: the identity of a backbone's outputs.
+pub fn content_hash(dir: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    for name in [MODEL_FILE, SIDECAR_FILE] {
+        let path = dir.join(name);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        // Name and length prefixes keep the two files from running into each other.
+        hasher.update(name.as_bytes());
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}

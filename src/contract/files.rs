@@ -1,0 +1,38 @@
+//! The file names of the declared artifacts, spelled once.
+
+use std::path::{Path, PathBuf};
+
+/// ingest: one row per caption (image, caption_index, caption, split).
+pub const REFERENCE_CAPTIONS_FILE: &str = "captions.parquet";
+/// ingest: one row per image (image, path, content_hash, width, height, split).
+pub const IMAGES_FILE: &str = "images.parquet";
+/// ingest: counts, skipped lines and undecodable images.
+pub const INGEST_REPORT_FILE: &str = "ingest_report.json";
+/// tokenize: token ids per caption.
+pub const TOKENS_FILE: &str = "tokens.parquet";
+/// tokenize: the vocabulary.
+pub const VOCAB_FILE: &str = "vocab.json";
+/// features: one vector per image, Arrow IPC.
+pub const FEATURES_FILE: &str = "features.arrow";
+/// features: backbone, counts, skipped images, timings.
+pub const FEATURES_SUMMARY_FILE: &str = "features.json";
+/// train: the decoder's weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// train: the decoder's config.
+pub const MODEL_CONFIG_FILE: &str = "model.json";
+/// train: per-epoch losses and timings.
+pub const HISTORY_FILE: &str = "history.json";
+/// caption: one generated caption per image (image, caption, log_prob).
+pub const GENERATED_CAPTIONS_FILE: &str = "captions.parquet";
+/// caption (archive mode): files that could not be captioned, with reasons.
+pub const SKIPPED_FILE: &str = "skipped.json";
+
+/// An input may name the upstream stage's whole output directory or one file in it;
+/// a directory means the conventional file inside it.
+pub fn artifact(path: &Path, file_name: &str) -> PathBuf {
+    if path.is_dir() {
+        path.join(file_name)
+    } else {
+        path.to_path_buf()
+    }
+}
