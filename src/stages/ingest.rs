@@ -450,7 +450,6 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use polars::prelude::DataType;
     use serde_json::json;
 
     use super::*;

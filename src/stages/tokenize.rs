@@ -303,7 +303,7 @@ fn train_unk_rate(values: &[u32], lengths: &[usize], is_train: &[bool]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use polars::prelude::{Column, DataType};
+    use polars::prelude::Column;
     use serde_json::json;
 
     use super::*;
