@@ -109,16 +109,13 @@ pub fn beam_search(
         (0..features.size()[0]).map(|_| Beam { live: vec![(vec![], 0.0)], done: vec![] }).collect();
     let mut active: Vec<usize> = (0..beams.len()).collect(); // images with live rows, in row order
     let mut tokens = Tensor::full([beams.len() as i64], opts.start_id, (Kind::Int64, device));
-    let mut scores = Tensor::zeros([beams.len() as i64, 1], (Kind::Double, device));
+    let mut row_scores = vec![0f64; beams.len()];
     for _ in 0..opts.max_steps {
         let (lp, next) = model.step(&tokens, &m, &state);
-        // Scores add up in f64, so a long prefix's sum does not round two candidates'
-        // different f32 log-probs into a tie (width 1 then ranks exactly as greedy does).
         let lp = lp + &ban;
         let live = active.iter().flat_map(|&image| beams[image].live.iter().map(|(w, _)| w.as_slice()));
         let lp = block_repeats(lp, live, opts.block_repeats);
-        let cand = lp.to_kind(Kind::Double) + &scores; // (R, V)
-        let (top_scores, top_index) = top_per_image(&cand, &beams, &active, width, vocab)?;
+        let (top_scores, top_index) = top_per_image(&lp, &row_scores, &beams, &active, width, vocab)?;
         let plan = advance(&mut beams, &active, &top_scores, &top_index, width, vocab, opts.end_id);
         active = plan.active;
         if plan.src_rows.is_empty() {
@@ -127,36 +124,52 @@ pub fn beam_search(
         let src = Tensor::from_slice(&plan.src_rows).to_device(device);
         (m, state) = (m.index_select(0, &src), select_rows(&next, &src));
         tokens = Tensor::from_slice(&plan.tokens).to_device(device);
-        scores = Tensor::from_slice(&plan.scores).to_device(device).unsqueeze(1);
+        row_scores = plan.scores;
     }
     Ok(beams.into_iter().map(|b| pick(b, length_norm)).collect())
 }
 
-/// Each active image's `width` best candidates over its live rows: (G, width) scores and
-/// flat indices (slot * V + word), copied to the host. Missing slots score -inf.
+/// Each active image's `width` best candidates over its live rows: (G·width) scores and
+/// flat indices (slot·V + word), host side. Missing slots score -inf.
+///
+/// A row's score is the same for all its words, so only a row's `width` best log-probs
+/// can be among its image's `width` best candidates: one top-k per row of `lp` (R, V),
+/// then a choice among at most width² candidates per image on the host, instead of a
+/// top-k over an (images, width·V) grid. Scores add up in f64, so a long prefix's sum does
+/// not round two candidates' different f32 log-probs into a tie (width 1 then ranks
+/// exactly as greedy does); equal scores keep the grid's order, by flat index.
 fn top_per_image(
-    cand: &Tensor,
+    lp: &Tensor,
+    row_scores: &[f64],
     beams: &[Beam],
     active: &[usize],
     width: usize,
     vocab: i64,
 ) -> Result<(Vec<f64>, Vec<i64>)> {
-    let mut slots = Vec::with_capacity(cand.size()[0] as usize);
+    let k = (width as i64).min(vocab);
+    let (values, index) = lp.topk(k, -1, true, true);
+    let values = Vec::<f32>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?;
+    let index = Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?;
+    let k = k as usize;
+    let (mut top_scores, mut top_index) =
+        (vec![f64::NEG_INFINITY; active.len() * width], vec![0; active.len() * width]);
+    let mut row = 0;
+    let mut candidates: Vec<(f64, i64)> = Vec::with_capacity(width * k);
     for (g, &image) in active.iter().enumerate() {
-        slots.extend((0..beams[image].live.len()).map(|j| (g * width + j) as i64));
+        candidates.clear();
+        for slot in 0..beams[image].live.len() {
+            let at = (row + slot) * k;
+            for j in at..at + k {
+                candidates.push((values[j] as f64 + row_scores[row + slot], slot as i64 * vocab + index[j]));
+            }
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (j, &(score, flat)) in candidates.iter().take(width).enumerate() {
+            (top_scores[g * width + j], top_index[g * width + j]) = (score, flat);
+        }
+        row += beams[image].live.len();
     }
-    let grid = Tensor::full(
-        [(active.len() * width) as i64, vocab],
-        f64::NEG_INFINITY,
-        (Kind::Double, cand.device()),
-    );
-    let grid = grid.index_copy(0, &Tensor::from_slice(&slots).to_device(cand.device()), cand);
-    let k = (width as i64).min(width as i64 * vocab);
-    let (values, index) = grid.view([active.len() as i64, -1]).topk(k, -1, true, true);
-    Ok((
-        Vec::<f64>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?,
-        Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?,
-    ))
+    Ok((top_scores, top_index))
 }
 
 /// The next step's rows, host side.
