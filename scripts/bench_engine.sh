@@ -4,7 +4,7 @@
 #   usage: scripts/bench_engine.sh [WORKDIR]   (default /tmp/pipe-bench-engine)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-pipe=$here/target/release/pipe
+pipe=${PIPE:-$here/target/release/pipe}
 work=${1:-/tmp/pipe-bench-engine}
 mkdir -p "$work" && cd "$work"
 

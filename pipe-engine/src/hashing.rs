@@ -257,7 +257,7 @@ fn walk_into(
     let mut entries = fs::read_dir(&dir)
         .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
         .with_context(|| format!("listing {}", dir.display()))?;
-    entries.sort_by_key(|entry| entry.file_name());
+    entries.sort_by_cached_key(|entry| entry.file_name()); // one name per entry, not per comparison
     for entry in entries {
         let path = rel.join(entry.file_name());
         let kind = entry.file_type().with_context(|| format!("listing {}", dir.display()))?;

@@ -18,7 +18,7 @@ pub struct LockFile {
     pub stages: BTreeMap<String, LockedStage>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockedStage {
     pub fingerprint: String,
     #[serde(flatten)]

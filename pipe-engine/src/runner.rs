@@ -389,8 +389,11 @@ impl<'a> Runner<'a> {
             outs: manifest.outputs.clone(),
             seconds,
         };
-        self.lock.stages.insert(stage.name.clone(), entry);
-        self.lock.save(&self.workspace.lock_file_path())?;
+        // A no-op run writes nothing: neither the lock file nor the views change.
+        if self.lock.stages.get(&stage.name) != Some(&entry) {
+            self.lock.stages.insert(stage.name.clone(), entry);
+            self.lock.save(&self.workspace.lock_file_path())?;
+        }
         self.workspace.update_view(&stage.name, &self.store.output_dir(&manifest.fingerprint))
     }
 

@@ -94,6 +94,9 @@ impl Workspace {
         }
         target.push(relative_store);
         let link = views.join(stage);
+        if fs::read_link(&link).is_ok_and(|current| current == target) {
+            return Ok(());
+        }
         let tmp = views.join(format!(".{stage}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
