@@ -24,7 +24,7 @@ n=int(sys.argv[1]); cwd=sys.argv[2]; cmd=sys.argv[3:]; ts=[]
 for _ in range(n):
     t=time.perf_counter(); s.run(cmd,cwd=cwd,check=True,stdout=s.DEVNULL,stderr=s.DEVNULL); ts.append((time.perf_counter()-t)*1000)
 ts.sort(); print(f"median {ts[len(ts)//2]:7.1f} ms, min {ts[0]:7.1f} ms over {n} runs")' "$@"; }
-stats() { (cd "$1" && shift && strace -f -c -o /tmp/strace.txt -e trace=%stat "$@" >/dev/null 2>&1) || true
+stats() { (cd "$1" && shift && strace -f -c -o /tmp/strace.txt -e trace=statx,newfstatat,stat,lstat,fstat "$@" >/dev/null 2>&1) || true
   awk '/total/ {print $4 " stat calls"}' /tmp/strace.txt; }
 
 files=$(find "$work/data/flickr8k/images/" -type f | wc -l)
