@@ -320,6 +320,13 @@ fn csv_fields(
         sink.bad(bad, location(), "empty image name or caption".into())?;
         return Ok(None);
     }
+    if let Some(why) = line_break(image).or(line_break(caption)) {
+        let lines = 1 + caption.matches('\n').count() + image.matches('\n').count();
+        let reason =
+            format!("{why}: its quoted field runs over {lines} lines (a quote opened here and not closed?)");
+        sink.bad(bad, location(), reason)?;
+        return Ok(None);
+    }
     sink.check_name(location, image)?;
     Ok(Some((image.to_string(), caption.to_string())))
 }
@@ -359,6 +366,10 @@ fn parse_coco<'a>(bytes: &[u8], sink: &Sink) -> Result<ParsedCaptions<'a>> {
         let caption = annotation.caption.trim();
         if caption.is_empty() {
             sink.bad(&mut parsed.bad_lines, location(), "empty caption".into())?;
+            continue;
+        }
+        if let Some(why) = line_break(caption) {
+            sink.bad(&mut parsed.bad_lines, location(), why.into())?;
             continue;
         }
         sink.check_name(location, image)?;
@@ -429,9 +440,13 @@ fn add_sentences(
 ) -> Result<()> {
     for (index, sentence) in sentences.into_iter().enumerate() {
         let caption = sentence.raw.trim();
+        let location = || format!("images[{pos}].sentences[{index}]");
         if caption.is_empty() {
-            let location = format!("images[{pos}].sentences[{index}]");
-            sink.bad(&mut parsed.bad_lines, location, "empty caption".into())?;
+            sink.bad(&mut parsed.bad_lines, location(), "empty caption".into())?;
+            continue;
+        }
+        if let Some(why) = line_break(caption) {
+            sink.bad(&mut parsed.bad_lines, location(), why.into())?;
             continue;
         }
         parsed.records.push(CaptionRecord {
@@ -442,6 +457,12 @@ fn add_sentences(
         });
     }
     Ok(())
+}
+
+/// A caption (or image name) is one line in every format; a line break inside one is a
+/// sign of broken quoting or a merged record, never accepted silently.
+fn line_break(text: &str) -> Option<&'static str> {
+    text.contains(['\n', '\r']).then_some("a caption contains a line break")
 }
 
 fn karpathy_split(split: Option<&str>) -> Option<Split> {
@@ -583,6 +604,20 @@ mod tests {
         let err = parse(f30k, CaptionFormat::Flickr30k, false).unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
         assert_eq!(parse(f30k, CaptionFormat::Flickr30k, true).unwrap().1.bad_lines.len(), 1);
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_a_bad_line_where_it_opened() {
+        let csv = b"image,caption\na.png,\"unterminated\nb.png,ok\nc.png,fine\n";
+        let err = parse(csv, CaptionFormat::Csv, false).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("runs over"), "{err}");
+        let (_, parsed) = parse(csv, CaptionFormat::Csv, true).unwrap();
+        assert_eq!(parsed.bad_lines.len(), 1, "{:?}", parsed.bad_lines);
+        assert_eq!(parsed.bad_lines[0].location, "line 2");
+        let coco = br#"{"images": [{"id": 1, "file_name": "a.jpg"}],
+            "annotations": [{"image_id": 1, "caption": "two\nlines"}]}"#;
+        let err = parse(coco, CaptionFormat::Coco, false).unwrap_err().to_string();
+        assert!(err.contains("annotations[0]") && err.contains("line break"), "{err}");
     }
 
     #[test]

@@ -50,15 +50,6 @@ impl WordCounts {
         self.captions += 1;
         self.max_len = self.max_len.max(len);
     }
-
-    pub fn merge(mut self, other: WordCounts) -> WordCounts {
-        for (word, count) in other.counts {
-            *self.counts.entry(word).or_insert(0) += count;
-        }
-        self.captions += other.captions;
-        self.max_len = self.max_len.max(other.max_len);
-        self
-    }
 }
 
 /// `vocab.json`, as in docs/CONTRACTS.md.
@@ -199,13 +190,6 @@ mod tests {
     fn start_and_end_survive_a_tiny_train_split() {
         let vocab = Vocab::build(&counts(&["dog"]), 5, &Cleaning::default()).unwrap();
         assert_eq!(vocab.file.tokens, ["<pad>", "<unk>", "endseq", "startseq"]);
-    }
-
-    #[test]
-    fn merge_adds_counts() {
-        let merged = counts(&["dog dog"]).merge(counts(&["dog cat cat cat"]));
-        assert_eq!(merged.counts["dog"], 3);
-        assert_eq!((merged.captions, merged.max_len), (2, 6));
     }
 
     #[test]

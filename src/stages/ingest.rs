@@ -131,8 +131,11 @@ impl StageKind for Ingest {
         "ingest"
     }
 
+    /// 2: image files that resolve outside the image folder, headers over the image limits
+    /// (`data::manifest::check_image_size`) and CSV captions with line breaks (an
+    /// unterminated quote) are reported instead of ingested.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

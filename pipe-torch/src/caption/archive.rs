@@ -14,7 +14,7 @@ use pipe::contract::files::{GENERATED_CAPTIONS_FILE, SKIPPED_FILE};
 use pipe::contract::tables::{
     read_generated_captions, write_generated_captions, GeneratedCaption, SkippedImage,
 };
-use pipe::data::manifest::list_image_files;
+use pipe::data::manifest::{list_image_files, ImageRoot};
 use pipe_engine::fsutil::write_json_atomic;
 
 pub(super) const PARTS_DIR: &str = "parts";
@@ -132,17 +132,24 @@ impl Archive {
         chunk: &[String],
         part: &Path,
     ) -> Result<()> {
-        let paths: Vec<PathBuf> = chunk.iter().map(|rel| self.folder.join(rel)).collect();
-        let (mut indices, mut values, mut skipped) = (Vec::new(), Vec::<f32>::new(), Vec::new());
+        // Files that resolve outside the folder are refused, not read; `kept[i]` is the
+        // chunk position of the i-th path handed to the backbone.
+        let root = ImageRoot::new(&self.folder)?;
+        let (mut kept, mut paths, mut skipped) = (Vec::new(), Vec::<PathBuf>::new(), Vec::new());
+        for (i, rel) in chunk.iter().enumerate() {
+            match root.resolve(rel) {
+                Ok(path) => {
+                    kept.push(i);
+                    paths.push(path);
+                }
+                Err(err) => skipped.push((i, format!("{err:#}"))),
+            }
+        }
+        let (mut indices, mut values) = (Vec::new(), Vec::<f32>::new());
         backbone.extract(&paths, &self.extract, |batch| {
-            indices.extend(batch.indices);
+            indices.extend(batch.indices.iter().map(|&i| kept[i]));
             values.extend_from_slice(&batch.features);
-            skipped.extend(
-                batch
-                    .skipped
-                    .into_iter()
-                    .map(|s| SkippedImage { image: chunk[s.index].clone(), reason: s.reason }),
-            );
+            skipped.extend(batch.skipped.into_iter().map(|s| (kept[s.index], s.reason)));
             Ok(())
         })?;
         let mut rows = Vec::with_capacity(indices.len());
@@ -155,6 +162,10 @@ impl Archive {
                 log_prob,
             }));
         }
+        // In folder order, whether refused before decoding or by the decoder.
+        skipped.sort_by_key(|(i, _)| *i);
+        let skipped: Vec<SkippedImage> =
+            skipped.into_iter().map(|(i, reason)| SkippedImage { image: chunk[i].clone(), reason }).collect();
         write_json_atomic(&part.with_extension("skipped.json"), &skipped)?;
         write_generated_captions(part, &rows)
     }

@@ -214,6 +214,14 @@ mod tests {
             img.save(sub.join(format!("img{i:02}.png"))).unwrap();
         }
         std::fs::write(dir.join("even/broken.jpg"), b"not a jpeg").unwrap();
+        // A link inside the folder that leaves it: refused and listed, not read.
+        img_outside(dir);
+    }
+
+    fn img_outside(dir: &Path) {
+        let outside = dir.parent().unwrap().join("outside.png");
+        RgbImage::from_pixel(4, 4, Rgb([1, 2, 3])).save(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("even/escape.png")).unwrap();
     }
 
     /// Trains a tiny model on synthetic artifacts; returns (model dir, vocab path, data dir).
@@ -314,7 +322,7 @@ mod tests {
         let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
         let full = run(&whole, None);
         assert!(full.complete);
-        assert_eq!((full.files, full.captioned, full.skipped), (24, 23, 1));
+        assert_eq!((full.files, full.captioned, full.skipped), (25, 23, 2));
         let first = run(&resumed, Some(2));
         assert!(!first.complete && !resumed.join(GENERATED_CAPTIONS_FILE).exists());
         assert!(
@@ -332,8 +340,10 @@ mod tests {
         assert!(a.iter().any(|r| r.image == "odd/deeper/img01.png"));
         let skipped: Vec<SkippedImage> =
             serde_json::from_str(&std::fs::read_to_string(resumed.join(SKIPPED_FILE)).unwrap()).unwrap();
-        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped.len(), 2);
         assert_eq!(skipped[0].image, "even/broken.jpg");
+        assert_eq!(skipped[1].image, "even/escape.png");
+        assert!(skipped[1].reason.contains("links outside the image folder"), "{}", skipped[1].reason);
         assert!(!resumed.join(PARTS_DIR).exists());
     }
 }

@@ -23,6 +23,7 @@ use crate::model::backbone::{Backbone, ExtractOptions, ExtractTimings, FeatureBa
 use cache::ShardBuffer;
 use pipe::contract::files::{FEATURES_FILE, FEATURES_SUMMARY_FILE};
 use pipe::contract::tables::{read_image_manifest, ImageManifestRow, SkippedImage};
+use pipe::data::manifest::ImageRoot;
 use pipe::stages::features::FeaturesParams;
 use pipe_engine::fsutil::{write_atomic_with, write_json_atomic};
 use pipe_engine::stage::StageContext;
@@ -76,7 +77,7 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
     let reused = found.len();
     let cache_s = t.elapsed().as_secs_f64();
 
-    let todo = missing(&manifest, &found, images_dir);
+    let (todo, refused) = missing(&manifest, &found, &ImageRoot::new(images_dir)?);
     ctx.log(format!(
         "{} distinct images: {reused} cached, {} to compute on {:?} ({}, {} torch + {} decode threads)",
         wanted.len(),
@@ -87,7 +88,8 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         threads.decode
     ));
     let t = Instant::now();
-    let (timings, failures) = compute(ctx, &backbone, &cache, &todo, params, threads, &mut found)?;
+    let (timings, mut failures) = compute(ctx, &backbone, &cache, &todo, params, threads, &mut found)?;
+    failures.extend(refused);
     let extract_s = t.elapsed().as_secs_f64();
     cache.compact_if_needed(|m| ctx.log(m))?;
 
@@ -132,13 +134,27 @@ struct Todo {
 }
 
 /// Distinct content hashes not in `found`, each with the first file that has them.
-fn missing(manifest: &[ImageManifestRow], found: &HashMap<String, Vec<f32>>, images_dir: &Path) -> Vec<Todo> {
+/// Also returns the reason for each content hash whose file resolves outside the image
+/// folder (a symlink to elsewhere), which is refused rather than read.
+fn missing(
+    manifest: &[ImageManifestRow],
+    found: &HashMap<String, Vec<f32>>,
+    images: &ImageRoot,
+) -> (Vec<Todo>, HashMap<String, String>) {
     let mut seen = HashSet::new();
-    manifest
-        .iter()
-        .filter(|r| !found.contains_key(&r.content_hash) && seen.insert(r.content_hash.as_str()))
-        .map(|r| Todo { content_hash: r.content_hash.clone(), path: images_dir.join(&r.path) })
-        .collect()
+    let (mut todo, mut refused) = (Vec::new(), HashMap::new());
+    for row in manifest {
+        if found.contains_key(&row.content_hash) || !seen.insert(row.content_hash.as_str()) {
+            continue;
+        }
+        match images.resolve(&row.path) {
+            Ok(path) => todo.push(Todo { content_hash: row.content_hash.clone(), path }),
+            Err(err) => {
+                refused.insert(row.content_hash.clone(), format!("{err:#}"));
+            }
+        }
+    }
+    (todo, refused)
 }
 
 /// Runs `todo` through the backbone, saving vectors to the cache as it goes. Returns the

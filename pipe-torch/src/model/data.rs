@@ -1,6 +1,6 @@
 //! Reading the declared artifacts the decoder needs (`vocab.json`, `features.arrow`,
-//! `tokens.parquet`, an optional word-vector text file) into tensors, and writing
-//! `captions.parquet`. Only the columns named in docs/CONTRACTS.md are read.
+//! `tokens.parquet`, an optional word-vector text file) into tensors. Only the columns
+//! named in docs/CONTRACTS.md are read; `captions.parquet` is `pipe::contract::tables`'.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::{Array, FixedSizeListArray, Float32Array, LargeStringArray, RecordBatch, StringArray};
 use arrow_ipc::reader::FileReader;
-use polars::prelude::{Column, DataFrame, DataType};
+use polars::prelude::DataType;
 use tch::Tensor;
 
 use super::train::CaptionSet;
@@ -162,46 +162,6 @@ impl TokenTable {
     }
 }
 
-/// One row of `captions.parquet`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaptionRow {
-    pub image: String,
-    pub caption: String,
-    pub log_prob: f64,
-}
-
-/// Writes `captions.parquet` (image, caption, log_prob) via a temp file and a rename.
-pub fn write_captions(path: &Path, rows: &[CaptionRow]) -> Result<()> {
-    let mut df = DataFrame::new_infer_height(vec![
-        Column::new("image".into(), rows.iter().map(|r| r.image.as_str()).collect::<Vec<_>>()),
-        Column::new("caption".into(), rows.iter().map(|r| r.caption.as_str()).collect::<Vec<_>>()),
-        Column::new("log_prob".into(), rows.iter().map(|r| r.log_prob).collect::<Vec<_>>()),
-    ])?;
-    let tmp = path.with_extension("parquet.tmp");
-    table::write_parquet(&mut df, &tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
-/// Reads a `captions.parquet` written by [`write_captions`].
-pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>> {
-    let df = table::read_parquet(path)?;
-    let columns =
-        [("image", DataType::String), ("caption", DataType::String), ("log_prob", DataType::Float64)];
-    table::require_columns(&df, path, &columns)?;
-    let (images, captions) = (table::str_values(&df, "image")?, table::str_values(&df, "caption")?);
-    let log_probs = df.column("log_prob")?.f64()?.into_no_null_iter();
-    Ok(images
-        .into_iter()
-        .zip(captions)
-        .zip(log_probs)
-        .map(|((image, caption), log_prob)| CaptionRow {
-            image: image.into(),
-            caption: caption.into(),
-            log_prob,
-        })
-        .collect())
-}
-
 /// Word vectors from a GloVe/fastText text file (`word v1 … vE` per line; a fastText
 /// header line `count dim` is skipped) for the vocabulary's words. Returns the (V, E)
 /// matrix with `fallback`'s rows where a word is missing, and how many words were found.
@@ -278,16 +238,6 @@ pub(crate) mod tests {
         assert_eq!(table.images, ["a.jpg", "b.jpg", "c.jpg"]);
         assert_eq!(table.matrix.size(), [3, 4]);
         assert_eq!(table.matrix.double_value(&[2, 3]), 2.0);
-    }
-
-    #[test]
-    fn captions_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("captions.parquet");
-        let rows = vec![CaptionRow { image: "x/a.jpg".into(), caption: "dog runs".into(), log_prob: -3.5 }];
-        write_captions(&path, &rows).unwrap();
-        assert_eq!(read_captions(&path).unwrap(), rows);
-        assert!(!path.with_extension("parquet.tmp").exists());
     }
 
     #[test]

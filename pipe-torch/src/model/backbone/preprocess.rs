@@ -10,12 +10,7 @@ use image::imageops::FilterType;
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::spec::BackboneSpec;
-
-/// Largest accepted image side, in pixels. Bigger files are skipped as oversized.
-pub(super) const MAX_IMAGE_SIDE: u32 = 16_384;
-/// Largest decoder allocation for one image. Several decode threads run at once, so this
-/// bounds memory at roughly `decode_threads × MAX_DECODE_ALLOC`.
-const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
+pub use pipe::data::manifest::{MAX_DECODE_ALLOC, MAX_IMAGE_SIDE};
 
 /// Turns image files into S×S RGB pixels (HWC `u8`), the form batches travel in.
 #[derive(Debug, Clone, Copy)]
