@@ -187,8 +187,12 @@ impl<'a> Runner<'a> {
         let mut states = Vec::new();
         for name in self.pipeline.dag.select(targets)? {
             let stage = self.stage(&name);
-            let stale_upstream: Vec<String> =
-                stage.upstream().filter(|up| !done.contains_key(*up)).map(str::to_string).collect();
+            let mut stale_upstream: Vec<String> = Vec::new();
+            for up in stage.upstream().filter(|up| !done.contains_key(*up)) {
+                if !stale_upstream.iter().any(|seen| seen == up) {
+                    stale_upstream.push(up.to_string()); // once per stage, however many deps
+                }
+            }
             let resolved = if stale_upstream.is_empty() { self.resolve(stage, &done)? } else { None };
             let fingerprint = resolved.as_ref().map(|r| r.fingerprint.digest());
             let manifest = fingerprint.as_deref().and_then(|fp| self.store.manifest(fp));
