@@ -10,10 +10,10 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow_array::{Array, FixedSizeListArray, Float32Array, LargeStringArray, RecordBatch, StringArray};
 use arrow_ipc::reader::FileReader;
-use polars::prelude::DataType;
 use tch::Tensor;
 
 use super::train::CaptionSet;
+use pipe::contract::tables::token_columns;
 use pipe::data::table;
 
 /// `vocab.json`, read by the tokenize kind's own type so both sides agree on it.
@@ -100,12 +100,7 @@ pub struct TokenTable {
 impl TokenTable {
     pub fn load(path: &Path) -> Result<Self> {
         let df = table::read_parquet(path)?;
-        let list = DataType::List(Box::new(DataType::UInt32));
-        table::require_columns(
-            &df,
-            path,
-            &[("image", DataType::String), ("split", DataType::String), ("tokens", list)],
-        )?;
+        table::require_columns(&df, path, &token_columns())?;
         let owned = |name| -> Result<Vec<String>> {
             Ok(table::str_values(&df, name)?.into_iter().map(str::to_string).collect())
         };
