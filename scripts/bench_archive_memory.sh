@@ -37,6 +37,10 @@ for n in $sizes; do
   /usr/bin/time -f "%e %M" -o time.txt "$pipe" -f pipelines/archive_memory.yaml run caption_archive \
     -S params.archive_images="$n" >run.log 2>&1 || { tail run.log; exit 1; }
   read -r wall rss <time.txt
+  # Forget this artifact, so that the next run of the script measures again.
+  fp=$(python3 -c "import re,sys; print(re.search(r'\n  caption_archive:\n    fingerprint: (\w+)', open(sys.argv[1]).read()).group(1))" \
+    pipelines/archive_memory.lock)
+  rm -rf "data/store/$fp"
   python3 -c "import sys; n,w,r=int(sys.argv[1]),float(sys.argv[2]),float(sys.argv[3])
 print(f'| {n:,} | {w:.1f} s | {n/w:.1f} (whole run) | {r/2**20:.2f} GiB |')" "$n" "$wall" "$rss"
 done

@@ -4,6 +4,7 @@
 
 pub mod caption;
 pub mod features;
+pub mod memory;
 pub mod model;
 pub mod train;
 

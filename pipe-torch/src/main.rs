@@ -48,7 +48,7 @@ struct CaptionImagesArgs {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory_in_the_heap();
+    pipe_torch::memory::keep_freed_memory_in_the_heap();
     match Cli::parse().command {
         WorkerCommand::Stage => pipe_engine::worker::serve_stage(pipe_torch::stage_run),
         WorkerCommand::Caption(args) => match caption(&args) {
@@ -58,21 +58,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    }
-}
-
-/// libtorch frees each batch's large tensors and allocates the same sizes again for the
-/// next batch. By default glibc serves blocks that large with mmap and hands them back to
-/// the kernel on free, so every batch page-faults its activations in afresh: half of a
-/// features run's CPU time was system time. Serving them from the heap and never trimming
-/// it keeps those pages; the cost is peak memory (docs/BENCHMARKS.md, "CPU speed").
-fn keep_freed_memory_in_the_heap() {
-    // SAFETY: mallopt only sets allocator parameters; it is called before any thread
-    // starts and before libtorch allocates.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
 

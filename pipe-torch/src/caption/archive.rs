@@ -93,6 +93,7 @@ impl Archive {
                     return Ok(report);
                 }
                 self.caption_chunk(model, backbone, chunk, &part)?;
+                crate::memory::release_free_memory(); // keeps peak memory flat in the chunk count
                 written += 1;
             }
             progress(((i + 1) * self.chunk_size).min(files.len()), files.len())?;

@@ -215,10 +215,10 @@ mod tests {
         }
         std::fs::write(dir.join("even/broken.jpg"), b"not a jpeg").unwrap();
         // A link inside the folder that leaves it: refused and listed, not read.
-        img_outside(dir);
+        link_outside_the_folder(dir);
     }
 
-    fn img_outside(dir: &Path) {
+    fn link_outside_the_folder(dir: &Path) {
         let outside = dir.parent().unwrap().join("outside.png");
         RgbImage::from_pixel(4, 4, Rgb([1, 2, 3])).save(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, dir.join("even/escape.png")).unwrap();
