@@ -3,7 +3,7 @@
 //! mmap and hands them back to the kernel on free, so every batch page-faults its
 //! activations in afresh: half of a features run's CPU time was system time. The worker
 //! keeps freed memory in its heap instead, and long runs give free pages back between
-//! chunks of work, so that peak memory does not grow with the number of chunks
+//! chunks of work, which limits how far peak memory grows with the number of chunks
 //! (docs/BENCHMARKS.md, "Session 4").
 
 /// Serves large blocks from the heap and never trims it on free. Called once, first

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use polars::prelude::{Column, DataFrame, DataType, ParquetReader, SerReader};
 
 use crate::data::table::{read_parquet, require_columns, str_values, write_parquet};
@@ -113,23 +113,19 @@ pub fn read_image_manifest(path: &Path) -> Result<Vec<ImageManifestRow>> {
         .with_columns(Some(columns))
         .finish()
         .with_context(|| format!("reading manifest {}", path.display()))?;
-    let column = |name: &str| -> Result<Vec<Option<String>>> {
-        let col = frame.column(name).with_context(|| format!("{}: column `{name}`", path.display()))?;
-        let strings =
-            col.str().with_context(|| format!("{}: column `{name}` must be Utf8", path.display()))?;
-        Ok(strings.iter().map(|s| s.map(str::to_owned)).collect())
-    };
-    let (images, paths, hashes) = (column("image")?, column("path")?, column("content_hash")?);
-    let mut rows = Vec::with_capacity(images.len());
-    for (i, ((image, rel), hash)) in images.into_iter().zip(paths).zip(hashes).enumerate() {
-        match (image, rel, hash) {
-            (Some(image), Some(path), Some(content_hash)) => {
-                rows.push(ImageManifestRow { image, path, content_hash })
-            }
-            _ => bail!("{}: row {i} has a null image, path or content_hash", path.display()),
-        }
-    }
-    Ok(rows)
+    require_columns(&frame, path, &IMAGE_MANIFEST_COLUMNS[..3])?;
+    let (images, paths) = (str_values(&frame, "image")?, str_values(&frame, "path")?);
+    let hashes = str_values(&frame, "content_hash")?;
+    Ok(images
+        .into_iter()
+        .zip(paths)
+        .zip(hashes)
+        .map(|((image, path), hash)| ImageManifestRow {
+            image: image.into(),
+            path: path.into(),
+            content_hash: hash.into(),
+        })
+        .collect())
 }
 
 #[cfg(test)]

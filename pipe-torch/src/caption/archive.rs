@@ -79,6 +79,7 @@ impl Archive {
         let started = Instant::now();
         let files = list_image_files(&self.folder)?;
         ensure!(!files.is_empty(), "{}: no image files", self.folder.display());
+        let root = ImageRoot::new(&self.folder)?;
         let parts = out_dir.join(PARTS_DIR);
         let reused = self.prepare_parts(&parts, &files, log)?;
         let mut report = ArchiveReport { files: files.len(), ..Default::default() };
@@ -92,8 +93,8 @@ impl Archive {
                     report.seconds = started.elapsed().as_secs_f64();
                     return Ok(report);
                 }
-                self.caption_chunk(model, backbone, chunk, &part)?;
-                crate::memory::release_free_memory(); // keeps peak memory flat in the chunk count
+                self.caption_chunk(model, backbone, &root, chunk, &part)?;
+                crate::memory::release_free_memory(); // bounds how peak memory grows with chunks
                 written += 1;
             }
             progress(((i + 1) * self.chunk_size).min(files.len()), files.len())?;
@@ -130,12 +131,12 @@ impl Archive {
         &self,
         model: &CaptionModel,
         backbone: &Backbone,
+        root: &ImageRoot,
         chunk: &[String],
         part: &Path,
     ) -> Result<()> {
         // Files that resolve outside the folder are refused, not read; `kept[i]` is the
         // chunk position of the i-th path handed to the backbone.
-        let root = ImageRoot::new(&self.folder)?;
         let (mut kept, mut paths, mut skipped) = (Vec::new(), Vec::<PathBuf>::new(), Vec::new());
         for (i, rel) in chunk.iter().enumerate() {
             match root.resolve(rel) {
