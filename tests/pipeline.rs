@@ -115,6 +115,62 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     check_report_in_chromium(&report, &metrics(root));
 }
 
+#[test]
+fn attention_pipeline_learns_from_grids_caches_and_reruns_only_downstream() {
+    let dir = project();
+    let root = dir.path();
+    let grid = repo().join("data/models/efficientnet_lite0_grid");
+    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
+    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
+    fs::create_dir_all(root.join("pipelines")).unwrap();
+    fs::copy(repo().join("pipelines/attention.yaml"), root.join("pipelines/attention.yaml")).unwrap();
+    let small = [
+        "-S",
+        "synth.images=400",
+        "-S",
+        "train.epochs=10",
+        "-S",
+        "scst.epochs=2",
+        "-S",
+        "caption.beam_width=3",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-f", "pipelines/attention.yaml", "run"];
+        args.extend_from_slice(&small);
+        args.extend_from_slice(extra);
+        pipe(root, &args)
+    };
+
+    let first = run(&[]);
+    assert_eq!(ran_stages(&first).len(), 9, "{first}");
+    assert!(first.contains("attention decoder") && first.contains("7x7 grid of 1280-d cells"), "{first}");
+    let scst: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("data/out/attention/scst/history.json")).unwrap())
+            .unwrap();
+    assert_eq!(scst["epochs"].as_array().map(Vec::len), Some(2), "{scst}");
+    let m: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(root.join("data/out/attention/score/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let (bleu4, baseline4) = (m["bleu_4"].as_f64().unwrap(), m["baseline"]["bleu"][3].as_f64().unwrap());
+    eprintln!("attention: test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
+    assert!(bleu4 > baseline4 + 0.05, "BLEU-4 {bleu4} does not beat the baseline {baseline4}");
+
+    let again = run(&[]);
+    assert!(again.contains("9 stages: 0 ran, 9 cached"), "{again}");
+    let report = fs::read_to_string(root.join("data/out/attention/report/report/index.html")).unwrap();
+    assert!(report.matches("class=\"hm\"").count() >= 3, "the gallery shows per-word attention maps");
+    let changed = run(&["-S", "train.alpha_c=0.5"]);
+    assert_eq!(ran_stages(&changed), ["train", "scst", "caption", "score", "report"], "{changed}");
+
+    // `pipe caption` runs the attention model over the grid backbone on a new image file.
+    let image =
+        root.join("data/out/attention/synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
+    let captioned = pipe(root, &["-f", "pipelines/attention.yaml", "caption", image.to_str().unwrap()]);
+    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
+    assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
+}
+
 fn git(root: &Path, args: &[&str]) {
     let status = Command::new("git").args(args).current_dir(root).status().unwrap();
     assert!(status.success(), "git {args:?}");

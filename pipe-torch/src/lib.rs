@@ -1,11 +1,12 @@
 //! The libtorch half of pipe: the frozen image backbone and the caption decoder
 //! ([`model`]), and the compute of the kinds that `pipe` declares as running in this
-//! crate's worker binary (`pipe::stages::{features, train, caption}`).
+//! crate's worker binary (`pipe::stages::{features, train, scst, caption}`).
 
 pub mod caption;
 pub mod features;
 pub mod memory;
 pub mod model;
+pub mod scst;
 pub mod train;
 
 use pipe_engine::worker::StageRun;
@@ -15,6 +16,7 @@ use pipe_engine::worker::StageRun;
 pub const COMPUTE: &[(&str, StageRun)] = &[
     (pipe::stages::features::KIND, features::run),
     (pipe::stages::train::KIND, train::run),
+    (pipe::stages::scst::KIND, scst::run),
     (pipe::stages::caption::KIND, caption::run),
 ];
 

@@ -31,9 +31,9 @@ enum WorkerCommand {
 struct CaptionImagesArgs {
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// The train stage's output directory.
-    #[arg(long)]
-    model_dir: PathBuf,
+    /// The train stage's output directory; repeated for an ensemble.
+    #[arg(long, required = true)]
+    model_dir: Vec<PathBuf>,
     #[arg(long)]
     vocab: PathBuf,
     /// The backbone directory (model.pt and its sidecar).

@@ -8,12 +8,12 @@ use tch::{nn, Device, Kind};
 
 use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{load_word_vectors, FeatureTable, TokenTable, Vocab};
-use crate::model::decoder::{DecoderConfig, MergeDecoder};
+use crate::model::decoder::{AttentionConfig, CaptionDecoder, DecoderConfig, ModelConfig};
 use crate::model::train::{train, EpochRecord, History, TrainMonitor, TrainOptions};
 use pipe::contract::files::{
     artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, TOKENS_FILE, VOCAB_FILE, WEIGHTS_FILE,
 };
-use pipe::stages::train::TrainParams;
+use pipe::stages::train::{Decoder, TrainParams, DEFAULT_ALPHA_C, DEFAULT_ATTENTION_DIM};
 use pipe_engine::fsutil::write_json_atomic;
 use pipe_engine::stage::StageContext;
 
@@ -53,6 +53,7 @@ fn options(params: &TrainParams, device: Device) -> TrainOptions {
         lr_patience: params.lr_patience,
         label_smoothing: params.label_smoothing,
         bucket_batches: params.bucket_batches,
+        group_by_image: params.decoder == Decoder::Attention,
         seed: params.seed,
         device,
     }
@@ -89,39 +90,84 @@ pub fn run_training(
     if dev_set.is_empty() {
         log(format!("no `{}` captions: early stopping watches the train loss", params.dev_split));
     }
-    let cfg = DecoderConfig {
-        vocab_size: vocab.len() as i64,
-        feature_dim: features.dim(),
-        embed: params.embed,
-        hidden: params.hidden,
-        dense: params.dense,
-        dropout: params.dropout,
-        max_len: max_len as i64,
-        pad_id: pad,
-    };
+    let cfg = model_config(params, &features, vocab.len() as i64, max_len as i64, pad)
+        .with_context(|| format!("features {}", inputs.features.display()))?;
     log(format!(
-        "{} train / {} dev captions, vocabulary {}, features {}-d, on {device:?}",
+        "{} decoder: {} train / {} dev captions, vocabulary {}, features {}, on {device:?}",
+        cfg.name(),
         train_set.len(),
         dev_set.len(),
-        cfg.vocab_size,
-        cfg.feature_dim
+        cfg.vocab_size(),
+        match features.grid {
+            Some([h, w]) => format!("{h}x{w} grid of {}-d cells", features.dim()),
+            None => format!("{}-d", features.dim()),
+        }
     ));
     tch::manual_seed(params.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = MergeDecoder::new(&cfg, vs.root());
+    let model = cfg.build(vs.root());
     if let Some(path) = &inputs.embeddings {
-        let hits = set_word_vectors(&model, path, &vocab, params.freeze_embeddings)?;
+        let hits = set_word_vectors(model.as_ref(), path, &vocab, params.freeze_embeddings)?;
         log(format!("{hits} of {} words have pretrained vectors ({})", vocab.len(), path.display()));
     }
-    let history =
-        train(&model, &vs, &features.matrix, &train_set, &dev_set, &options(params, device), monitor)?;
+    let history = train(
+        model.as_ref(),
+        &vs,
+        &features.matrix,
+        &train_set,
+        &dev_set,
+        &options(params, device),
+        monitor,
+    )?;
     save_model(&mut vs, &cfg, &history, out_dir)?;
     Ok(history)
 }
 
+/// The decoder's config from the params and what the inputs hold.
+fn model_config(
+    params: &TrainParams,
+    features: &FeatureTable,
+    vocab_size: i64,
+    max_len: i64,
+    pad_id: i64,
+) -> Result<ModelConfig> {
+    Ok(match params.decoder {
+        Decoder::Merge => ModelConfig::Merge(DecoderConfig {
+            vocab_size,
+            feature_dim: features.dim(),
+            embed: params.embed,
+            hidden: params.hidden,
+            dense: params.dense,
+            dropout: params.dropout,
+            max_len,
+            pad_id,
+        }),
+        Decoder::Attention => {
+            if features.grid.is_none() {
+                bail!(
+                    "`decoder: attention` needs grid features: set `output: grid` on the features stage \
+                     (with a backbone exported by `scripts/export_backbone.py --output grid`)"
+                );
+            }
+            ModelConfig::Attention(AttentionConfig {
+                vocab_size,
+                feature_dim: features.dim(),
+                cells: features.cells(),
+                embed: params.embed,
+                hidden: params.hidden,
+                attention: params.attention_dim.unwrap_or(DEFAULT_ATTENTION_DIM),
+                dropout: params.dropout,
+                alpha_c: params.alpha_c.unwrap_or(DEFAULT_ALPHA_C),
+                max_len,
+                pad_id,
+            })
+        }
+    })
+}
+
 /// Copies pretrained vectors into the embedding; frozen ones get no gradient (Adam skips them).
-fn set_word_vectors(model: &MergeDecoder, path: &Path, vocab: &Vocab, freeze: bool) -> Result<usize> {
-    let weights = &model.embed.ws;
+fn set_word_vectors(model: &dyn CaptionDecoder, path: &Path, vocab: &Vocab, freeze: bool) -> Result<usize> {
+    let weights = &model.embedding().ws;
     let (matrix, hits) = load_word_vectors(path, vocab, weights)?;
     tch::no_grad(|| {
         let mut w = weights.shallow_clone();
@@ -133,11 +179,16 @@ fn set_word_vectors(model: &MergeDecoder, path: &Path, vocab: &Vocab, freeze: bo
     Ok(hits)
 }
 
-fn save_model(vs: &mut nn::VarStore, cfg: &DecoderConfig, history: &History, out_dir: &Path) -> Result<()> {
+fn save_model(vs: &mut nn::VarStore, cfg: &ModelConfig, history: &History, out_dir: &Path) -> Result<()> {
     vs.set_device(Device::Cpu);
     let weights = out_dir.join(WEIGHTS_FILE);
     vs.save(&weights).with_context(|| format!("writing {}", weights.display()))?;
-    write_json_atomic(&out_dir.join(MODEL_CONFIG_FILE), cfg)?;
+    let config_path = out_dir.join(MODEL_CONFIG_FILE);
+    match cfg {
+        // The struct itself, so a merge model.json keeps its field order and bytes.
+        ModelConfig::Merge(merge) => write_json_atomic(&config_path, merge)?,
+        other => write_json_atomic(&config_path, &other.to_json()?)?,
+    }
     write_json_atomic(&out_dir.join(HISTORY_FILE), history)
 }
 

@@ -24,6 +24,8 @@ pub const MODEL_CONFIG_FILE: &str = "model.json";
 pub const HISTORY_FILE: &str = "history.json";
 /// caption: one generated caption per image (image, caption, log_prob).
 pub const GENERATED_CAPTIONS_FILE: &str = "captions.parquet";
+/// caption (`attention_maps: true`): per-word attention weights over the feature grid.
+pub const ATTENTION_FILE: &str = "attention.json";
 /// caption (archive mode): files that could not be captioned, with reasons.
 pub const SKIPPED_FILE: &str = "skipped.json";
 

@@ -4,6 +4,7 @@
 //! model layer (`pipe-torch/src/model`) both depend on this module and never on each
 //! other. docs/CONTRACTS.md documents each artifact's schema.
 
+pub mod attention;
 pub mod device;
 pub mod files;
 pub mod tables;

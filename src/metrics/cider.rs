@@ -38,16 +38,54 @@ pub fn cider_d(sets: &[TokenizedSet]) -> f64 {
 
 /// CIDEr-D of one image against its references.
 fn image_score(set: &TokenizedSet, df: &HashMap<&[String], f64>, log_images: f64) -> f64 {
-    let hyp = vectors(&set.hypothesis, df, log_images);
+    let idf = |gram: &[String]| log_images - df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
+    score_against(&set.hypothesis, &set.references, &idf)
+}
+
+/// CIDEr-D of `hypothesis` against `references`, given the n-gram idf.
+fn score_against(hypothesis: &[String], references: &[Vec<String>], idf: &dyn Fn(&[String]) -> f64) -> f64 {
+    let hyp = vectors(hypothesis, idf);
     let mut per_order = [0.0; MAX_N];
-    for reference in &set.references {
-        let reference = vectors(reference, df, log_images);
+    for reference in references {
+        let reference = vectors(reference, idf);
         for (acc, s) in per_order.iter_mut().zip(similarity(&hyp, &reference)) {
             *acc += s;
         }
     }
     let mean = per_order.iter().sum::<f64>() / MAX_N as f64;
-    mean / set.references.len() as f64 * 10.0
+    mean / references.len() as f64 * 10.0
+}
+
+/// CIDEr-D as a reward, for self-critical training: the document frequencies come from a
+/// fixed corpus (the train references), counted once, so an image's reward for a caption
+/// does not depend on which other images are in the batch (self-critical.pytorch's
+/// `CiderD` with `df = corpus`).
+pub struct CiderReward {
+    df: HashMap<Vec<String>, f64>,
+    log_images: f64,
+    references: Vec<Vec<Vec<String>>>,
+}
+
+impl CiderReward {
+    /// `references[i]`: image i's tokenized reference captions.
+    pub fn new(references: Vec<Vec<Vec<String>>>) -> Self {
+        let sets: Vec<TokenizedSet> = references
+            .iter()
+            .map(|refs| TokenizedSet { hypothesis: Vec::new(), references: refs.clone() })
+            .collect();
+        let df = document_frequency(&sets).into_iter().map(|(gram, n)| (gram.to_vec(), n)).collect();
+        Self { df, log_images: (references.len().max(1) as f64).ln(), references }
+    }
+
+    pub fn images(&self) -> usize {
+        self.references.len()
+    }
+
+    /// CIDEr-D of one caption of image `image`.
+    pub fn score(&self, image: usize, hypothesis: &[String]) -> f64 {
+        let idf = |gram: &[String]| self.log_images - self.df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
+        score_against(hypothesis, &self.references[image], &idf)
+    }
 }
 
 /// For every n-gram, the number of images whose references contain it.
@@ -65,12 +103,11 @@ fn document_frequency(sets: &[TokenizedSet]) -> HashMap<&[String], f64> {
     df
 }
 
-fn vectors<'a>(tokens: &'a [String], df: &HashMap<&[String], f64>, log_images: f64) -> Vectors<'a> {
+fn vectors<'a>(tokens: &'a [String], idf: &dyn Fn(&[String]) -> f64) -> Vectors<'a> {
     let mut v = Vectors { weights: Default::default(), norms: [0.0; MAX_N], length: 0.0 };
     for (gram, tf) in ngram_counts(tokens, MAX_N) {
-        let idf = log_images - df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
         let order = gram.len() - 1;
-        let weight = tf as f64 * idf;
+        let weight = tf as f64 * idf(gram);
         v.weights[order].insert(gram, weight);
         v.norms[order] += weight * weight;
         if order == 1 {
@@ -131,9 +168,23 @@ mod tests {
 
     #[test]
     fn length_counts_bigrams_as_pycocoevalcap_does() {
-        let df = HashMap::new();
-        assert_eq!(vectors(&words("a b c d"), &df, 1.0).length, 3.0);
-        assert_eq!(vectors(&words("a"), &df, 1.0).length, 0.0);
+        let idf = |_: &[String]| 1.0;
+        assert_eq!(vectors(&words("a b c d"), &idf).length, 3.0);
+        assert_eq!(vectors(&words("a"), &idf).length, 0.0);
+    }
+
+    #[test]
+    fn the_reward_equals_corpus_cider_d_on_its_own_corpus() {
+        let sets = [
+            set("a dog runs on grass", &["a dog runs on the grass", "a brown dog runs"]),
+            set("two cats sleep", &["two cats sleep on a bed", "cats asleep"]),
+            set("a man rides a bike", &["a man rides a bicycle", "a person on a bike"]),
+        ];
+        let reward = CiderReward::new(sets.iter().map(|s| s.references.clone()).collect());
+        let mean: f64 =
+            sets.iter().enumerate().map(|(i, s)| reward.score(i, &s.hypothesis)).sum::<f64>() / 3.0;
+        assert!((mean - cider_d(&sets)).abs() < 1e-12, "{mean} vs {}", cider_d(&sets));
+        assert!(reward.score(0, &words("a dog runs on the grass")) > reward.score(0, &words("a cat")));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::contract::device::DeviceChoice;
-use crate::contract::files::{GENERATED_CAPTIONS_FILE, SKIPPED_FILE};
+use crate::contract::files::{ATTENTION_FILE, GENERATED_CAPTIONS_FILE, SKIPPED_FILE};
 use crate::stages::TORCH_WORKER;
 use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, Inputs, StageKind};
 
@@ -55,6 +55,10 @@ pub struct CaptionParams {
     /// Archive mode: images per backbone forward pass.
     pub backbone_batch: usize,
     pub device: DeviceChoice,
+    /// Split mode, attention models: also write `attention.json`, where the model looked
+    /// for each word (the report draws it). Left out of the normalized params when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub attention_maps: bool,
 }
 
 impl Default for CaptionParams {
@@ -71,6 +75,7 @@ impl Default for CaptionParams {
             batch_size: 512,
             backbone_batch: 32,
             device: DeviceChoice::Auto,
+            attention_maps: false,
         }
     }
 }
@@ -83,6 +88,10 @@ impl CaptionParams {
             "sizes must be positive"
         );
         ensure!(self.max_len.is_none_or(|n| n >= 1), "max_len must be at least 1");
+        ensure!(
+            !(self.attention_maps && self.folder.is_some()),
+            "attention_maps is for split mode (archive mode writes none)"
+        );
         Ok(())
     }
 }
@@ -91,6 +100,11 @@ impl CaptionParams {
 pub const KIND: &str = "caption";
 
 pub struct Caption;
+
+/// The inputs that name the trained models of a caption stage, in ensemble order: `model`,
+/// then `model_2` … `model_8`.
+pub const MODEL_INPUTS: [&str; 8] =
+    ["model", "model_2", "model_3", "model_4", "model_5", "model_6", "model_7", "model_8"];
 
 impl StageKind for Caption {
     fn name(&self) -> &'static str {
@@ -117,13 +131,22 @@ impl StageKind for Caption {
             InputSpec::optional("tokens"),
             InputSpec::optional("backbone"),
             InputSpec::optional("images"),
+            // An ensemble: more trained models whose log-probabilities are averaged with `model`'s.
+            InputSpec::optional("model_2"),
+            InputSpec::optional("model_3"),
+            InputSpec::optional("model_4"),
+            InputSpec::optional("model_5"),
+            InputSpec::optional("model_6"),
+            InputSpec::optional("model_7"),
+            InputSpec::optional("model_8"),
         ];
         Inputs::Named(INPUTS)
     }
 
     fn outputs(&self, params: &Value) -> Vec<String> {
-        match params.get("folder") {
-            Some(Value::String(_)) => vec![GENERATED_CAPTIONS_FILE.into(), SKIPPED_FILE.into()],
+        match (params.get("folder"), params.get("attention_maps")) {
+            (Some(Value::String(_)), _) => vec![GENERATED_CAPTIONS_FILE.into(), SKIPPED_FILE.into()],
+            (_, Some(Value::Bool(true))) => vec![GENERATED_CAPTIONS_FILE.into(), ATTENTION_FILE.into()],
             _ => vec![GENERATED_CAPTIONS_FILE.into()],
         }
     }

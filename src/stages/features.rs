@@ -1,9 +1,12 @@
-//! The `features` kind: one pooled feature vector per image, from a frozen backbone.
+//! The `features` kind: one pooled feature vector, or a spatial grid of them, per image,
+//! from a frozen backbone.
 //!
 //! Inputs: `images` (dir), `manifest` (ingest's `images.parquet`: `image`, `path`,
 //! `content_hash`), `backbone` (dir with `model.pt` + `backbone.json`, see
 //! `pipe-torch/src/model/backbone.rs`). Outputs: `features.arrow` (`image: Utf8`,
-//! `content_hash: Utf8`, `features: FixedSizeList<Float32, D>`, in manifest order) and
+//! `content_hash: Utf8`, `features: FixedSizeList<Float32, D>`, or with `output: grid`
+//! `FixedSizeList<Float16, H·W·D>` whose field metadata `pipe.grid` is `HxW`; in manifest
+//! order) and
 //! `features.json` (backbone, counts, skipped images with reasons, timings).
 //!
 //! Features are cached per image across runs (keyed by backbone, precision and image
@@ -38,11 +41,40 @@ pub struct FeaturesParams {
     pub precision: Precision,
     /// CPU threads for torch and decoding; 0 = all cores.
     pub threads: usize,
+    /// `pooled` (one D-vector per image) or `grid` (the backbone's spatial map, H·W cells
+    /// of D values, stored as Float16; needs a backbone exported with `--output grid`).
+    /// Left out of the normalized params when `pooled`, so pipelines that predate it keep
+    /// their fingerprints.
+    #[serde(skip_serializing_if = "FeatureOutput::is_pooled")]
+    pub output: FeatureOutput,
+}
+
+/// What a features stage stores per image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureOutput {
+    /// One D-vector (a grid backbone's cells are averaged).
+    #[default]
+    Pooled,
+    /// Every cell of the spatial map, Float16.
+    Grid,
+}
+
+impl FeatureOutput {
+    pub fn is_pooled(&self) -> bool {
+        *self == Self::Pooled
+    }
 }
 
 impl Default for FeaturesParams {
     fn default() -> Self {
-        Self { batch_size: 32, device: DeviceChoice::Auto, precision: Precision::Fp32, threads: 0 }
+        Self {
+            batch_size: 32,
+            device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
+            threads: 0,
+            output: FeatureOutput::Pooled,
+        }
     }
 }
 
@@ -99,6 +131,9 @@ mod tests {
         assert!(format!("{err:#}").contains("batchsize"), "{err:#}");
         assert!(Features.normalize_params(&json!({"device": "tpu"})).is_err());
         assert!(Features.normalize_params(&json!({"batch_size": 0})).is_err());
+        let grid = Features.normalize_params(&json!({"output": "grid"})).unwrap();
+        assert_eq!(grid["output"], "grid");
+        assert!(Features.normalize_params(&json!({"output": "map"})).is_err());
         let cuda = Features.normalize_params(&json!({"device": "cuda", "precision": "fp16"})).unwrap();
         assert_eq!(cuda["device"], "cuda:0");
     }

@@ -12,12 +12,13 @@ pub mod features;
 pub mod ingest;
 pub mod report;
 pub mod score;
+pub mod scst;
 pub mod synth;
 pub mod tokenize;
 pub mod train;
 
 /// The worker binary (the `pipe-torch` crate) that runs the kinds needing libtorch:
-/// features, train and caption. This crate declares those kinds; `pipe` never links
+/// features, train, scst and caption. This crate declares those kinds; `pipe` never links
 /// libtorch, whose static initialisers cost ~0.3 s per start (see `engine::worker`).
 pub const TORCH_WORKER: &str = "pipe-torch";
 
@@ -29,6 +30,7 @@ pub fn registry() -> Vec<Arc<dyn StageKind>> {
     kinds.push(Arc::new(tokenize::Tokenize));
     kinds.push(Arc::new(features::Features));
     kinds.push(Arc::new(train::Train));
+    kinds.push(Arc::new(scst::Scst));
     kinds.push(Arc::new(caption::Caption));
     kinds.push(Arc::new(score::Score));
     kinds.push(Arc::new(report::Report));

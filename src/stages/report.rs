@@ -5,8 +5,10 @@
 //! dev loss per epoch as an SVG line chart (`history`: train's history.json, drawn with
 //! plotters), a gallery of `params.gallery` scored images (copied from the `images` dir)
 //! with the generated caption (`hypotheses`) and the reference captions of `params.split`
-//! (`references`), and the upstream stages with their fingerprints and timings
-//! (`ctx.lineage`, which the runner hands forward and does not hash).
+//! (`references`), and, given a caption stage's `attention.json` (`attention`, optional), for
+//! each gallery image where an attention model looked for every word; then the upstream
+//! stages with their fingerprints and timings (`ctx.lineage`, which the runner hands
+//! forward and does not hash).
 
 use std::fmt::Write as _;
 use std::path::{Component, Path};
@@ -16,6 +18,7 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contract::attention::{AttentionMaps, ImageAttention};
 use crate::contract::tables::GeneratedCaption;
 use crate::data::split::Split;
 use crate::stages::score::{read_hypotheses, read_references, MetricsReport};
@@ -66,6 +69,7 @@ impl StageKind for Report {
             InputSpec { name: "hypotheses", required: true },
             InputSpec { name: "references", required: true },
             InputSpec { name: "images", required: true },
+            InputSpec { name: "attention", required: false },
         ])
     }
 
@@ -81,6 +85,7 @@ impl StageKind for Report {
             hypotheses: ctx.input("hypotheses")?,
             references: ctx.input("references")?,
             images: ctx.input("images")?,
+            attention: ctx.optional_input("attention"),
         };
         let dir = ctx.output(REPORT_DIR);
         let shown = write_report(&inputs, &params, &ctx.lineage, &dir)?;
@@ -96,6 +101,8 @@ pub struct ReportInputs<'a> {
     pub hypotheses: &'a Path,
     pub references: &'a Path,
     pub images: &'a Path,
+    /// A caption stage's `attention.json`, for the per-word heat maps.
+    pub attention: Option<&'a Path>,
 }
 
 /// The part of history.json the chart needs (other fields are ignored).
@@ -137,7 +144,8 @@ pub fn write_report(
     }
     let svg = loss_chart(&history)?;
     write_file(&dir.join(LOSS_FILE), &svg)?;
-    let html = render_page(params, &metrics, &history, &gallery, lineage);
+    let maps = inputs.attention.map(AttentionMaps::read).transpose()?;
+    let html = render_page(params, &metrics, &history, &gallery, maps.as_ref(), lineage);
     write_file(&dir.join(INDEX_FILE), &html)?;
     Ok(gallery.len())
 }
@@ -281,6 +289,7 @@ fn render_page(
     metrics: &MetricsReport,
     history: &LossHistory,
     gallery: &[GalleryItem],
+    maps: Option<&AttentionMaps>,
     lineage: &[LineageEntry],
 ) -> String {
     let title = escape(&params.title);
@@ -289,7 +298,7 @@ fn render_page(
     );
     html += &metrics_section(metrics);
     html += &loss_section(history);
-    html += &gallery_section(gallery, params.split);
+    html += &gallery_section(gallery, params.split, maps);
     html += &lineage_section(lineage);
     html += "</body>\n</html>\n";
     html
@@ -314,8 +323,10 @@ fn loss_section(history: &LossHistory) -> String {
     )
 }
 
-fn gallery_section(gallery: &[GalleryItem], split: Split) -> String {
+fn gallery_section(gallery: &[GalleryItem], split: Split, maps: Option<&AttentionMaps>) -> String {
     let mut html = format!("<h2>Gallery ({} {split} images)</h2>\n<div class=\"gallery\">\n", gallery.len());
+    let by_image: std::collections::HashMap<&str, &ImageAttention> =
+        maps.iter().flat_map(|m| m.images.iter().map(|a| (a.image.as_str(), a))).collect();
     for item in gallery {
         let name = escape(&item.hypothesis.image);
         let src = escape(&url_path(&format!("{IMAGES_DIR}/{}", item.hypothesis.image)));
@@ -328,7 +339,30 @@ fn gallery_section(gallery: &[GalleryItem], split: Split) -> String {
         for reference in &item.references {
             let _ = writeln!(html, "<li>{}</li>", escape(reference));
         }
-        html += "</ul>\n</figcaption>\n</figure>\n";
+        html += "</ul>\n";
+        if let (Some(maps), Some(attention)) = (maps, by_image.get(item.hypothesis.image.as_str())) {
+            html += &heat_maps(&src, maps.grid, attention);
+        }
+        html += "</figcaption>\n</figure>\n";
+    }
+    html + "</div>\n"
+}
+
+/// One thumbnail per word, the image dimmed where the model did not look: a grid of
+/// H×W cells over the (stretched, as the backbone saw it) image, each cell's shade
+/// 0.8·(1 − weight / the word's largest weight).
+fn heat_maps(src: &str, [rows, columns]: [u32; 2], attention: &ImageAttention) -> String {
+    let mut html = String::from("<div class=\"attn\">\n");
+    for (word, weights) in attention.words.iter().zip(&attention.weights) {
+        let top = weights.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+        let _ = write!(
+            html,
+            "<span class=\"aw\"><span class=\"hm\" style=\"background-image:url('{src}')\"><span class=\"g\" style=\"grid-template-columns:repeat({columns},1fr);grid-template-rows:repeat({rows},1fr)\">"
+        );
+        for w in weights {
+            let _ = write!(html, "<i style=\"opacity:{:.2}\"></i>", 0.8 * (1.0 - w / top));
+        }
+        let _ = writeln!(html, "</span></span>{}</span>", escape(word));
     }
     html + "</div>\n"
 }
@@ -388,7 +422,9 @@ table.num td,td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:1em}\
 figure{margin:0;border:1px solid #ddd;padding:.5em}figure img{width:100%;height:auto}\
 .hyp{font-weight:bold;margin:.3em 0}.meta{color:#777;font-size:.8em;margin:.2em 0}\
-ul{padding-left:1.2em;margin:.3em 0;font-size:.9em;color:#444}";
+ul{padding-left:1.2em;margin:.3em 0;font-size:.9em;color:#444}\
+.attn{display:flex;flex-wrap:wrap;gap:.3em;margin-top:.4em}.aw{display:flex;flex-direction:column;align-items:center;font-size:.75em}\
+.hm{position:relative;width:64px;height:64px;background-size:100% 100%}.g{position:absolute;inset:0;display:grid}.g i{background:#000}";
 
 #[cfg(test)]
 mod tests {
@@ -446,7 +482,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_inputs(dir.path());
         let (m, h, hy, r, i) = inputs(dir.path());
-        let inputs = ReportInputs { metrics: &m, history: &h, hypotheses: &hy, references: &r, images: &i };
+        let inputs = ReportInputs {
+            metrics: &m,
+            history: &h,
+            hypotheses: &hy,
+            references: &r,
+            images: &i,
+            attention: None,
+        };
         let lineage = [LineageEntry {
             stage: "train".into(),
             kind: "train".into(),
@@ -476,12 +519,60 @@ mod tests {
     }
 
     #[test]
+    fn attention_maps_shade_each_word_where_the_model_did_not_look() {
+        let dir = tempfile::tempdir().unwrap();
+        write_inputs(dir.path());
+        let maps = AttentionMaps {
+            grid: [1, 2],
+            images: vec![ImageAttention {
+                image: "b.jpg".into(),
+                words: vec!["two".into(), "<dogs>".into()],
+                weights: vec![vec![0.9, 0.1], vec![0.5, 0.5]],
+            }],
+        };
+        let path = dir.path().join("attention.json");
+        std::fs::write(&path, serde_json::to_string(&maps).unwrap()).unwrap();
+        let (m, h, hy, r, i) = inputs(dir.path());
+        let inputs = ReportInputs {
+            metrics: &m,
+            history: &h,
+            hypotheses: &hy,
+            references: &r,
+            images: &i,
+            attention: Some(&path),
+        };
+        let out = dir.path().join("out").join(REPORT_DIR);
+        write_report(&inputs, &ReportParams { gallery: 3, ..ReportParams::default() }, &[], &out).unwrap();
+        let html = std::fs::read_to_string(out.join(INDEX_FILE)).unwrap();
+        assert_eq!(html.matches("class=\"hm\"").count(), 2, "one map per word of b.jpg only");
+        assert!(html.contains("grid-template-columns:repeat(2,1fr);grid-template-rows:repeat(1,1fr)"));
+        // The most attended cell is clear, the other shaded; equal weights leave both clear.
+        assert!(html.contains("<i style=\"opacity:0.00\"></i><i style=\"opacity:0.71\"></i>"), "{html}");
+        assert!(html.contains("&lt;dogs&gt;"));
+
+        std::fs::write(
+            &path,
+            r#"{"grid": [2, 2], "images": [{"image": "b.jpg", "words": ["a"], "weights": [[1.0]]}]}"#,
+        )
+        .unwrap();
+        let err = write_report(&inputs, &ReportParams::default(), &[], &out).unwrap_err();
+        assert!(format!("{err:#}").contains("attention.json"), "{err:#}");
+    }
+
+    #[test]
     fn missing_image_files_are_errors_naming_them() {
         let dir = tempfile::tempdir().unwrap();
         write_inputs(dir.path());
         std::fs::remove_file(dir.path().join("images/b.jpg")).unwrap();
         let (m, h, hy, r, i) = inputs(dir.path());
-        let inputs = ReportInputs { metrics: &m, history: &h, hypotheses: &hy, references: &r, images: &i };
+        let inputs = ReportInputs {
+            metrics: &m,
+            history: &h,
+            hypotheses: &hy,
+            references: &r,
+            images: &i,
+            attention: None,
+        };
         let err = write_report(&inputs, &ReportParams::default(), &[], &dir.path().join("out")).unwrap_err();
         assert!(format!("{err:#}").contains("b.jpg"), "{err:#}");
     }

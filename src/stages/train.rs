@@ -1,4 +1,5 @@
-//! `train`: fits the merge decoder on the train split's captions and image features,
+//! `train`: fits a caption decoder (`decoder: merge`, the default, on pooled features, or
+//! `attention` on grid features) on the train split's captions and image features,
 //! early-stopping on the dev split, and writes the best epoch's weights.
 //!
 //! Inputs: `tokens` (tokens.parquet), `vocab` (vocab.json), `features` (features.arrow),
@@ -22,6 +23,9 @@ use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, In
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
+    /// Which decoder: `merge` (the tutorial model and the peer's) or `attention`.
+    #[serde(skip_serializing_if = "Decoder::is_merge")]
+    pub decoder: Decoder,
     pub embed: i64,
     pub hidden: i64,
     pub dense: i64,
@@ -52,11 +56,39 @@ pub struct TrainParams {
     pub glove: Option<String>,
     /// Keep pretrained word vectors fixed during training.
     pub freeze_embeddings: bool,
+    /// `attention` only: width of the attention MLP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_dim: Option<i64>,
+    /// `attention` only: weight of the doubly stochastic attention penalty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_c: Option<f64>,
 }
+
+/// The decoders the train kind fits (`pipe-torch/src/model/decoder/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    /// LSTM language model merged with the pooled image vector (Tanti et al.; the 2017 tutorial).
+    #[default]
+    Merge,
+    /// Soft attention over a feature grid (Show, Attend and Tell).
+    Attention,
+}
+
+impl Decoder {
+    pub fn is_merge(&self) -> bool {
+        *self == Self::Merge
+    }
+}
+
+/// Defaults of the attention-only params.
+pub const DEFAULT_ATTENTION_DIM: i64 = 256;
+pub const DEFAULT_ALPHA_C: f64 = 1.0;
 
 impl Default for TrainParams {
     fn default() -> Self {
         Self {
+            decoder: Decoder::Merge,
             embed: 256,
             hidden: 256,
             dense: 128,
@@ -76,6 +108,8 @@ impl Default for TrainParams {
             max_len: None,
             glove: None,
             freeze_embeddings: false,
+            attention_dim: None,
+            alpha_c: None,
         }
     }
 }
@@ -104,6 +138,15 @@ impl TrainParams {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("label_smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        if self.decoder == Decoder::Merge && (self.attention_dim.is_some() || self.alpha_c.is_some()) {
+            bail!("attention_dim and alpha_c are params of `decoder: attention`, not of merge");
+        }
+        if self.attention_dim.is_some_and(|a| a <= 0) {
+            bail!("attention_dim must be positive");
+        }
+        if self.alpha_c.is_some_and(|a| !(a >= 0.0 && a.is_finite())) {
+            bail!("alpha_c must be a finite number ≥ 0");
         }
         if self.max_len.is_some_and(|n| n < 2) {
             bail!("max_len must be at least 2 (startseq and endseq)");
@@ -162,5 +205,10 @@ mod tests {
         assert_eq!(v["device"], "auto");
         assert!(Train.normalize_params(&serde_json::json!({"epoch": 5})).is_err());
         assert!(Train.normalize_params(&serde_json::json!({"dropout": 1.5})).is_err());
+        assert!(v.get("decoder").is_none(), "a merge stage keeps its old fingerprint");
+        let a = Train.normalize_params(&serde_json::json!({"decoder": "attention", "alpha_c": 0.5})).unwrap();
+        assert_eq!((a["decoder"].as_str(), a["alpha_c"].as_f64()), (Some("attention"), Some(0.5)));
+        assert!(Train.normalize_params(&serde_json::json!({"alpha_c": 0.5})).is_err());
+        assert!(Train.normalize_params(&serde_json::json!({"decoder": "gru"})).is_err());
     }
 }

@@ -156,7 +156,8 @@ impl Archive {
         })?;
         let mut rows = Vec::with_capacity(indices.len());
         if !indices.is_empty() {
-            let features = Tensor::from_slice(&values).view([indices.len() as i64, backbone.dim() as i64]);
+            let features =
+                Tensor::from_slice(&values).view([indices.len() as i64, backbone.row_len() as i64]);
             let captions = model.caption(&features, &self.settings)?;
             rows.extend(indices.iter().zip(captions).map(|(&i, (caption, log_prob))| GeneratedCaption {
                 image: chunk[i].clone(),

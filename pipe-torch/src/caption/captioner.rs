@@ -7,7 +7,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::model::data::{caption_text, Vocab};
 use crate::model::decode::{beam_search, greedy, DecodeOptions, Hypothesis};
-use crate::model::decoder::{DecoderConfig, MergeDecoder};
+use crate::model::decoder::{Ensemble, ModelConfig, StepDecoder};
 use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
 use pipe::stages::caption::{CaptionParams, DecoderKind};
 
@@ -42,44 +42,60 @@ impl Default for DecodeSettings {
     }
 }
 
-/// A trained decoder with its vocabulary, ready to caption features.
+/// A trained decoder (or an ensemble of them) with its vocabulary, ready to caption features.
 pub struct CaptionModel {
-    vs: nn::VarStore,
-    pub decoder: MergeDecoder,
+    /// The members' weights, which `decoder` uses.
+    _weights: Vec<nn::VarStore>,
+    pub configs: Vec<ModelConfig>,
+    pub decoder: Box<dyn StepDecoder>,
     pub vocab: Vocab,
+    device: Device,
 }
 
 impl CaptionModel {
     /// Loads `model_dir/{model.json, model.safetensors}` and the vocabulary onto `device`.
     pub fn load(model_dir: &Path, vocab_path: &Path, device: Device) -> Result<Self> {
-        let config_path = model_dir.join(MODEL_CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("reading {}", config_path.display()))?;
-        let cfg: DecoderConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+        Self::load_ensemble(&[model_dir], vocab_path, device)
+    }
+
+    /// Loads one model, or several that decode as an [`Ensemble`] (their next-word
+    /// log-probabilities averaged), all trained on the vocabulary at `vocab_path`.
+    pub fn load_ensemble(model_dirs: &[&Path], vocab_path: &Path, device: Device) -> Result<Self> {
         let vocab = Vocab::load(vocab_path)?;
-        if vocab.len() as i64 != cfg.vocab_size {
-            bail!(
-                "{} has {} tokens but the model was trained on {}",
-                vocab_path.display(),
-                vocab.len(),
-                cfg.vocab_size
-            );
+        let (mut weights, mut configs, mut members) =
+            (Vec::new(), Vec::new(), Vec::<Box<dyn StepDecoder>>::new());
+        for dir in model_dirs {
+            let config = ModelConfig::read(&dir.join(MODEL_CONFIG_FILE))?;
+            if vocab.len() as i64 != config.vocab_size() {
+                bail!(
+                    "{} has {} tokens but the model in {} was trained on {}",
+                    vocab_path.display(),
+                    vocab.len(),
+                    dir.display(),
+                    config.vocab_size()
+                );
+            }
+            let mut vs = nn::VarStore::new(device);
+            members.push(config.build(vs.root()));
+            let path = dir.join(WEIGHTS_FILE);
+            vs.load(&path).with_context(|| format!("loading {}", path.display()))?;
+            weights.push(vs);
+            configs.push(config);
         }
-        let mut vs = nn::VarStore::new(device);
-        let decoder = MergeDecoder::new(&cfg, vs.root());
-        let weights = model_dir.join(WEIGHTS_FILE);
-        vs.load(&weights).with_context(|| format!("loading {}", weights.display()))?;
-        Ok(Self { vs, decoder, vocab })
+        let decoder: Box<dyn StepDecoder> = match members.len() {
+            1 => members.pop().expect("one member"),
+            _ => Box::new(Ensemble::new(members)?),
+        };
+        Ok(Self { _weights: weights, configs, decoder, vocab, device })
     }
 
     pub fn device(&self) -> Device {
-        self.vs.device()
+        self.device
     }
 
     fn options(&self, settings: &DecodeSettings) -> DecodeOptions {
         let f = &self.vocab.file;
-        let default_steps = (self.decoder.cfg.max_len - 1).max(1) as usize;
+        let default_steps = (self.decoder.max_len() - 1).max(1) as usize;
         DecodeOptions {
             start_id: f.start_id as i64,
             end_id: f.end_id as i64,
@@ -89,22 +105,68 @@ impl CaptionModel {
         }
     }
 
-    /// Captions for features (N, D), decoded `settings.batch_size` images at a time.
+    /// Captions for feature rows (N, F) (a feature table's or a backbone's), decoded
+    /// `settings.batch_size` images at a time.
     pub fn caption(&self, features: &Tensor, settings: &DecodeSettings) -> Result<Vec<(String, f64)>> {
+        Ok(self
+            .decode(features, settings)?
+            .into_iter()
+            .map(|h| (caption_text(&self.vocab, &h.tokens), h.log_prob))
+            .collect())
+    }
+
+    /// [`Self::caption`] as word ids.
+    pub fn decode(&self, features: &Tensor, settings: &DecodeSettings) -> Result<Vec<Hypothesis>> {
         let opts = self.options(settings);
         let n = features.size()[0];
         let mut out = Vec::with_capacity(n as usize);
         for start in (0..n).step_by(settings.batch_size.max(1)) {
-            let batch = features
-                .narrow(0, start, (settings.batch_size as i64).min(n - start))
-                .to_device(self.device());
-            let hyps: Vec<Hypothesis> = match settings.decoder {
-                DecoderKind::Greedy => greedy(&self.decoder, &batch, &opts)?,
+            let rows = features.narrow(0, start, (settings.batch_size as i64).min(n - start));
+            let batch = self.decoder.features(&rows.to_device(self.device()))?;
+            let decoder = self.decoder.as_ref();
+            out.extend(match settings.decoder {
+                DecoderKind::Greedy => greedy(decoder, &batch, &opts)?,
                 DecoderKind::Beam => {
-                    beam_search(&self.decoder, &batch, &opts, settings.beam_width, settings.length_norm)?
+                    beam_search(decoder, &batch, &opts, settings.beam_width, settings.length_norm)?
                 }
-            };
-            out.extend(hyps.into_iter().map(|h| (caption_text(&self.vocab, &h.tokens), h.log_prob)));
+            });
+        }
+        Ok(out)
+    }
+
+    /// Where the model looked while writing each word of `captions` (word ids, as
+    /// [`Self::decode`] gives them) for feature rows (N, F): per image, one weight list per
+    /// word over the grid cells. An error for models that do not attend over a grid.
+    pub fn attention_maps(
+        &self,
+        features: &Tensor,
+        captions: &[Vec<i64>],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let start_id = self.vocab.file.start_id as i64;
+        let mut out = Vec::with_capacity(captions.len());
+        for (chunk, first) in captions.chunks(batch_size.max(1)).zip((0..).step_by(batch_size.max(1))) {
+            let width = chunk.iter().map(Vec::len).max().unwrap_or(0).max(1);
+            // Step t reads startseq w1 … w_t and writes w_{t+1}: the inputs end one word early.
+            let mut inputs = Vec::with_capacity(chunk.len() * width);
+            for words in chunk {
+                let mut row = vec![start_id];
+                row.extend(words.iter().take(words.len().saturating_sub(1)));
+                row.resize(width, start_id);
+                inputs.extend(row);
+            }
+            let rows = features.narrow(0, first as i64, chunk.len() as i64).to_device(self.device());
+            let inputs =
+                Tensor::from_slice(&inputs).view([chunk.len() as i64, width as i64]).to_device(self.device());
+            let alpha = self.decoder.attention(&self.decoder.features(&rows)?, &inputs).context(
+                "attention_maps needs a model that attends over a feature grid (decoder: attention)",
+            )?;
+            let cells = alpha.size()[2] as usize;
+            let values = Vec::<f32>::try_from(alpha.to_device(Device::Cpu).reshape([-1]))?;
+            for (i, words) in chunk.iter().enumerate() {
+                let at = |t: usize| (i * width + t) * cells;
+                out.push((0..words.len()).map(|t| values[at(t)..at(t) + cells].to_vec()).collect());
+            }
         }
         Ok(out)
     }

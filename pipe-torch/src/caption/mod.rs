@@ -15,10 +15,14 @@ pub use archive::{Archive, ArchiveReport};
 pub use captioner::{CaptionModel, DecodeSettings};
 
 use crate::model::backbone::{Backbone, DeviceChoice, ExtractOptions, Precision, ResolveDevice, ThreadPlan};
-use crate::model::data::{FeatureTable, TokenTable};
-use pipe::contract::files::{artifact, FEATURES_FILE, GENERATED_CAPTIONS_FILE, TOKENS_FILE, VOCAB_FILE};
+use crate::model::data::{caption_text, FeatureTable, TokenTable};
+use pipe::contract::attention::{AttentionMaps, ImageAttention};
+use pipe::contract::files::{
+    artifact, ATTENTION_FILE, FEATURES_FILE, GENERATED_CAPTIONS_FILE, TOKENS_FILE, VOCAB_FILE,
+};
 use pipe::contract::tables::{write_generated_captions, GeneratedCaption};
-use pipe::stages::caption::CaptionParams;
+use pipe::stages::caption::{CaptionParams, MODEL_INPUTS};
+use pipe_engine::fsutil::write_json_atomic;
 use pipe_engine::stage::StageContext;
 
 /// Runs a `caption` stage.
@@ -27,7 +31,12 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let device = params.device.resolve()?;
     let threads = ThreadPlan::new(0, device);
     tch::set_num_threads(threads.torch as i32);
-    let model = CaptionModel::load(ctx.input("model")?, &artifact(ctx.input("vocab")?, VOCAB_FILE), device)?;
+    let mut models = vec![ctx.input("model")?];
+    models.extend(MODEL_INPUTS[1..].iter().filter_map(|name| ctx.optional_input(name)));
+    let model = CaptionModel::load_ensemble(&models, &artifact(ctx.input("vocab")?, VOCAB_FILE), device)?;
+    if models.len() > 1 {
+        ctx.log(format!("an ensemble of {} models", models.len()));
+    }
     let Some(folder) = &params.folder else {
         return run_split(ctx, &model, &params);
     };
@@ -79,14 +88,19 @@ fn run_split(ctx: &StageContext, model: &CaptionModel, params: &CaptionParams) -
         artifact(ctx.input("features").context("split mode needs input `features`")?, FEATURES_FILE);
     let tokens_path = ctx.optional_input("tokens").map(|p| artifact(p, TOKENS_FILE));
     let started = Instant::now();
-    let rows = caption_split(
+    let settings = DecodeSettings::from(params);
+    let (rows, maps) = caption_split_with_maps(
         model,
         &features_path,
         tokens_path.as_deref(),
         &params.split,
-        &DecodeSettings::from(params),
+        &settings,
+        params.attention_maps,
     )?;
     write_generated_captions(&ctx.output(GENERATED_CAPTIONS_FILE), &rows)?;
+    if let Some(maps) = maps {
+        write_json_atomic(&ctx.output(ATTENTION_FILE), &maps)?;
+    }
     let secs = started.elapsed().as_secs_f64();
     ctx.log(format!(
         "{} images in {secs:.1} s ({:.0} captions/s)",
@@ -104,6 +118,18 @@ pub fn caption_split(
     split: &str,
     settings: &DecodeSettings,
 ) -> Result<Vec<GeneratedCaption>> {
+    Ok(caption_split_with_maps(model, features_path, tokens_path, split, settings, false)?.0)
+}
+
+/// [`caption_split`], and with `maps` where the model looked for each word.
+fn caption_split_with_maps(
+    model: &CaptionModel,
+    features_path: &Path,
+    tokens_path: Option<&Path>,
+    split: &str,
+    settings: &DecodeSettings,
+    maps: bool,
+) -> Result<(Vec<GeneratedCaption>, Option<AttentionMaps>)> {
     let features = FeatureTable::load(features_path)?;
     let images = match tokens_path {
         Some(path) => TokenTable::load(path)?.split_images(split),
@@ -123,12 +149,43 @@ pub fn caption_split(
         })
         .collect::<Result<_>>()?;
     let selected = features.matrix.index_select(0, &Tensor::from_slice(&rows));
-    let captions = model.caption(&selected, settings)?;
-    Ok(images
+    let hyps = model.decode(&selected, settings)?;
+    let maps = match (maps, features.grid) {
+        (false, _) => None,
+        (true, None) => {
+            bail!("attention_maps needs grid features ({} holds pooled ones)", features_path.display())
+        }
+        (true, Some(grid)) => {
+            let ids: Vec<Vec<i64>> = hyps.iter().map(|h| h.tokens.clone()).collect();
+            let weights = model.attention_maps(&selected, &ids, settings.batch_size)?;
+            let images = images
+                .iter()
+                .zip(&ids)
+                .zip(weights)
+                .map(|((image, ids), weights)| ImageAttention {
+                    image: image.clone(),
+                    words: ids.iter().map(|&id| caption_text(&model.vocab, &[id])).collect(),
+                    weights: weights.into_iter().map(|w| w.into_iter().map(round3).collect()).collect(),
+                })
+                .collect();
+            Some(AttentionMaps { grid, images })
+        }
+    };
+    let rows = images
         .into_iter()
-        .zip(captions)
-        .map(|(image, (caption, log_prob))| GeneratedCaption { image, caption, log_prob })
-        .collect())
+        .zip(hyps)
+        .map(|(image, h)| GeneratedCaption {
+            image,
+            caption: caption_text(&model.vocab, &h.tokens),
+            log_prob: h.log_prob,
+        })
+        .collect();
+    Ok((rows, maps))
+}
+
+/// Three decimals are plenty for a heat map and keep `attention.json` small.
+fn round3(x: f32) -> f32 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Options of [`caption_images`] (the `pipe caption IMAGE...` command).
@@ -143,7 +200,7 @@ pub struct CaptionImagesOptions {
 /// Captions a few image files: (path, caption, log_prob) per readable file, in order;
 /// unreadable files are an error naming them.
 pub fn caption_images(
-    model_dir: &Path,
+    model_dirs: &[PathBuf],
     vocab_path: &Path,
     backbone_dir: &Path,
     paths: &[PathBuf],
@@ -151,14 +208,15 @@ pub fn caption_images(
 ) -> Result<Vec<(PathBuf, String, f64)>> {
     let device = opts.device.resolve()?;
     tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
-    let model = CaptionModel::load(model_dir, &artifact(vocab_path, VOCAB_FILE), device)?;
+    let dirs: Vec<&Path> = model_dirs.iter().map(PathBuf::as_path).collect();
+    let model = CaptionModel::load_ensemble(&dirs, &artifact(vocab_path, VOCAB_FILE), device)?;
     let backbone = Backbone::load(backbone_dir, opts.device, opts.precision)?;
     let (features, skipped) = backbone.extract_all(paths, &ExtractOptions::default())?;
     if let Some(s) = skipped.first() {
         bail!("{}: {}", paths[s.index].display(), s.reason);
     }
     let values: Vec<f32> = features.into_iter().flatten().flatten().collect();
-    let matrix = Tensor::from_slice(&values).view([paths.len() as i64, backbone.dim() as i64]);
+    let matrix = Tensor::from_slice(&values).view([paths.len() as i64, backbone.row_len() as i64]);
     let captions = model.caption(&matrix, &opts.settings)?;
     Ok(paths.iter().cloned().zip(captions).map(|(p, (c, lp))| (p, c, lp)).collect())
 }
@@ -201,6 +259,8 @@ mod tests {
             dim: 8,
             layout: "NCHW".into(),
             value_range: 1.0,
+            output: Default::default(),
+            grid: None,
         };
         write_json(&dir.join("backbone.json"), &spec).unwrap();
     }

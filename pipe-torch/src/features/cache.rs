@@ -7,12 +7,13 @@
 //! |---|---|
 //! | backbone hash (blake3 of `model.pt` + `backbone.json`) | another model, other features |
 //! | precision (`fp32`, `fp16`, `bf16`) | reduced precision changes the numbers visibly |
+//! | layout (pooled or grid) | a grid entry holds every cell, a pooled one their mean |
 //! | image content hash (from the manifest) | not the name: renames and copies hit the cache |
 //!
 //! Deliberately not in the key: the device (CPU and CUDA fp32 agree to ~1e-3 relative), the
 //! batch size and thread counts, file names and paths.
 //!
-//! Entries live in `<cache_dir>/<backbone hash>-<precision>/shard-<id>.arrow` (Arrow IPC:
+//! Entries live in `<cache_dir>/<backbone hash>-<precision>[-grid]/shard-<id>.arrow` (Arrow IPC:
 //! `content_hash`, `features`). A shard is written under a temporary name and renamed, so a
 //! killed run never leaves a half-written one; new vectors are flushed every
 //! [`SHARD_ROWS`], so a killed run keeps most of its work. An unreadable shard is
@@ -27,13 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_array::{Array, FixedSizeListArray, RecordBatch, StringArray};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use pipe_engine::fsutil::write_atomic_with;
 
-use super::{feature_array, features_field};
+use super::layout::{column_values, FeatureLayout};
 use crate::model::backbone::Precision;
 
 /// New vectors are written to a shard at least this often, so a killed run loses little.
@@ -42,8 +43,8 @@ pub const SHARD_ROWS: usize = 2048;
 pub const MAX_SHARDS: usize = 16;
 
 /// Schema of a cache shard.
-fn shard_schema(dim: usize) -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("content_hash", DataType::Utf8, false), features_field(dim)]))
+fn shard_schema(layout: &FeatureLayout) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("content_hash", DataType::Utf8, false), layout.field()]))
 }
 
 /// Vectors computed in this run and not yet written to a shard.
@@ -66,15 +67,21 @@ impl ShardBuffer {
 /// The persistent per-(backbone, precision) store of feature vectors (see the module doc).
 pub struct FeatureCache {
     dir: PathBuf,
-    dim: usize,
+    layout: FeatureLayout,
 }
 
 impl FeatureCache {
-    /// Opens (creating) `<cache_dir>/<backbone_hash>-<precision>/`.
-    pub fn open(cache_dir: &Path, backbone_hash: &str, precision: Precision, dim: usize) -> Result<Self> {
-        let dir = cache_dir.join(format!("{backbone_hash}-{}", precision.as_str()));
+    /// Opens (creating) `<cache_dir>/<backbone_hash>-<precision>[-grid]/`.
+    pub fn open(
+        cache_dir: &Path,
+        backbone_hash: &str,
+        precision: Precision,
+        layout: FeatureLayout,
+    ) -> Result<Self> {
+        let name = format!("{backbone_hash}-{}{}", precision.as_str(), layout.cache_suffix());
+        let dir = cache_dir.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating feature cache {}", dir.display()))?;
-        Ok(Self { dir, dim })
+        Ok(Self { dir, layout })
     }
 
     /// The shard files, sorted by name.
@@ -113,17 +120,17 @@ impl FeatureCache {
     fn read_shard(&self, path: &Path, each: &mut dyn FnMut(&str, &[f32])) -> Result<()> {
         let file = File::open(path)?;
         let reader = FileReader::try_new_buffered(file, None)?;
-        ensure!(reader.schema() == shard_schema(self.dim), "unexpected schema {:?}", reader.schema());
+        ensure!(reader.schema() == shard_schema(&self.layout), "unexpected schema {:?}", reader.schema());
+        let dim = self.layout.row_len();
         for batch in reader {
             let batch = batch?;
             let hashes =
                 batch.column(0).as_any().downcast_ref::<StringArray>().context("content_hash column")?;
             let lists =
                 batch.column(1).as_any().downcast_ref::<FixedSizeListArray>().context("features column")?;
-            let values = lists.values().as_any().downcast_ref::<Float32Array>().context("features values")?;
-            let values = values.values(); // already sliced to this array's rows
+            let values = column_values(lists)?;
             for row in 0..batch.num_rows() {
-                each(hashes.value(row), &values[row * self.dim..(row + 1) * self.dim]);
+                each(hashes.value(row), &values[row * dim..(row + 1) * dim]);
             }
         }
         Ok(())
@@ -141,8 +148,8 @@ impl FeatureCache {
         }
         let name = format!("shard-{}.arrow", &id.finalize().to_hex()[..32]);
         let hashes = StringArray::from_iter_values(pending.hashes.iter());
-        let values = feature_array(std::mem::take(&mut pending.values), self.dim)?;
-        let batch = RecordBatch::try_new(shard_schema(self.dim), vec![Arc::new(hashes), values])?;
+        let values = self.layout.array(std::mem::take(&mut pending.values))?;
+        let batch = RecordBatch::try_new(shard_schema(&self.layout), vec![Arc::new(hashes), values])?;
         pending.hashes.clear();
         self.write_atomic(&name, batch)?;
         Ok(Some(self.dir.join(name)))
@@ -152,7 +159,7 @@ impl FeatureCache {
     /// [`Self::shards`] never lists, then a rename).
     fn write_atomic(&self, name: &str, batch: RecordBatch) -> Result<()> {
         write_atomic_with(&self.dir.join(name), |file| {
-            let mut writer = FileWriter::try_new(BufWriter::new(file), &shard_schema(self.dim))?;
+            let mut writer = FileWriter::try_new(BufWriter::new(file), &shard_schema(&self.layout))?;
             writer.write(&batch)?;
             writer.finish()?;
             writer.into_inner()?.flush()?;

@@ -3,6 +3,7 @@
 //! → `features.arrow` in manifest order.
 
 mod cache;
+pub mod layout;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufWriter, Write};
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::Serialize;
 use serde_json::json;
 
 pub use cache::{FeatureCache, MAX_SHARDS, SHARD_ROWS};
+pub use layout::FeatureLayout;
 
 use crate::model::backbone::{Backbone, ExtractOptions, ExtractTimings, FeatureBatch, ThreadPlan};
 use cache::ShardBuffer;
@@ -71,7 +73,9 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
     let load_s = started.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let cache = FeatureCache::open(&ctx.cache_dir, backbone.hash(), params.precision, backbone.dim())?;
+    let layout = FeatureLayout::for_stage(backbone.spec(), params.output)
+        .with_context(|| format!("backbone {}", backbone_dir.display()))?;
+    let cache = FeatureCache::open(&ctx.cache_dir, backbone.hash(), params.precision, layout)?;
     let wanted: HashSet<&str> = manifest.iter().map(|r| r.content_hash.as_str()).collect();
     let mut found = cache.lookup(&wanted, |m| ctx.log(m))?;
     let reused = found.len();
@@ -88,14 +92,14 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         threads.decode
     ));
     let t = Instant::now();
-    let (timings, mut failures) = compute(ctx, &backbone, &cache, &todo, params, threads, &mut found)?;
+    let (timings, mut failures) =
+        compute(ctx, &backbone, &cache, layout, &todo, params, threads, &mut found)?;
     failures.extend(refused);
     let extract_s = t.elapsed().as_secs_f64();
     cache.compact_if_needed(|m| ctx.log(m))?;
 
     let t = Instant::now();
-    let (count, skipped) =
-        write_features(&ctx.output(FEATURES_FILE), &manifest, &found, &failures, backbone.dim())?;
+    let (count, skipped) = write_features(&ctx.output(FEATURES_FILE), &manifest, &found, &failures, layout)?;
     let write_s = t.elapsed().as_secs_f64();
 
     let summary = FeaturesSummary {
@@ -108,6 +112,7 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
     let report = json!({
         "backbone": {"name": backbone.spec().name, "hash": backbone.hash(), "dim": backbone.dim()},
         "dim": backbone.dim(),
+        "grid": layout.grid,
         "count": summary.count,
         "computed": summary.computed,
         "reused": summary.reused,
@@ -159,10 +164,12 @@ fn missing(
 
 /// Runs `todo` through the backbone, saving vectors to the cache as it goes. Returns the
 /// timings and the failure reason of each content hash that could not be decoded.
+#[allow(clippy::too_many_arguments)]
 fn compute(
     ctx: &StageContext,
     backbone: &Backbone,
     cache: &FeatureCache,
+    layout: FeatureLayout,
     todo: &[Todo],
     params: &FeaturesParams,
     threads: ThreadPlan,
@@ -175,7 +182,7 @@ fn compute(
         ..Default::default()
     };
     let bar = ctx.progress_bar(todo.len() as u64, "features");
-    let dim = backbone.dim();
+    let (row_len, cells) = (backbone.row_len(), backbone.spec().cells());
     let mut pending = ShardBuffer::default();
     let mut failures = HashMap::new();
     let result = backbone.extract(&paths, &opts, |batch: FeatureBatch| {
@@ -184,7 +191,7 @@ fn compute(
             failures.insert(todo[skip.index].content_hash.clone(), skip.reason);
         }
         for (row, &i) in batch.indices.iter().enumerate() {
-            let vector = batch.features[row * dim..(row + 1) * dim].to_vec();
+            let vector = layout.store(&batch.features[row * row_len..(row + 1) * row_len], cells);
             pending.push(&todo[i].content_hash, &vector);
             found.insert(todo[i].content_hash.clone(), vector);
         }
@@ -205,9 +212,9 @@ fn write_features(
     manifest: &[ImageManifestRow],
     found: &HashMap<String, Vec<f32>>,
     failures: &HashMap<String, String>,
-    dim: usize,
+    layout: FeatureLayout,
 ) -> Result<(usize, Vec<SkippedImage>)> {
-    let schema = output_schema(dim);
+    let schema = output_schema(&layout);
     let mut skipped = Vec::new();
     let mut count = 0;
     let rows: Vec<(&ImageManifestRow, &Vec<f32>)> = manifest
@@ -227,8 +234,7 @@ fn write_features(
             let images = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.image.as_str()));
             let hashes = StringArray::from_iter_values(chunk.iter().map(|(r, _)| r.content_hash.as_str()));
             let values: Vec<f32> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
-            let columns: Vec<ArrayRef> =
-                vec![Arc::new(images), Arc::new(hashes), feature_array(values, dim)?];
+            let columns: Vec<ArrayRef> = vec![Arc::new(images), Arc::new(hashes), layout.array(values)?];
             writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
             count += chunk.len();
         }
@@ -240,24 +246,13 @@ fn write_features(
     Ok((count, skipped))
 }
 
-/// `features: FixedSizeList<Float32, D>` with non-null items.
-pub(crate) fn features_field(dim: usize) -> Field {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Field::new("features", DataType::FixedSizeList(item, dim as i32), false)
-}
-
 /// Schema of `features.arrow`.
-pub fn output_schema(dim: usize) -> SchemaRef {
+pub fn output_schema(layout: &FeatureLayout) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("image", DataType::Utf8, false),
         Field::new("content_hash", DataType::Utf8, false),
-        features_field(dim),
+        layout.field(),
     ]))
-}
-
-pub(crate) fn feature_array(values: Vec<f32>, dim: usize) -> Result<ArrayRef> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Ok(Arc::new(FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(values)), None)?))
 }
 
 #[cfg(test)]
@@ -269,6 +264,7 @@ mod tests {
     use crate::model::backbone::{DeviceChoice, Precision};
     use arrow_array::cast::AsArray;
     use arrow_ipc::reader::FileReader;
+    use pipe::stages::features::FeatureOutput;
     use polars::prelude::{df, ParquetWriter};
 
     /// The repository root (this crate is `pipe-torch/` inside it).
@@ -318,18 +314,27 @@ mod tests {
         }
         /// Runs the stage into a fresh output dir and returns (summary, out dir).
         fn run(&self, run: usize) -> (FeaturesSummary, PathBuf) {
+            let params =
+                FeaturesParams { batch_size: 2, device: DeviceChoice::Cpu, threads: 2, ..Default::default() };
+            self.run_with(run, &repo_root().join("data/models/efficientnet_lite0"), &params).unwrap()
+        }
+        /// [`Self::run`] with another backbone and params.
+        fn run_with(
+            &self,
+            run: usize,
+            backbone: &Path,
+            params: &FeaturesParams,
+        ) -> Result<(FeaturesSummary, PathBuf)> {
             let out = self.root.path().join(format!("out{run}"));
             fs::create_dir_all(&out).unwrap();
             let inputs = BTreeMap::from([
                 ("images".to_string(), self.images()),
                 ("manifest".to_string(), self.write_manifest()),
-                ("backbone".to_string(), repo_root().join("data/models/efficientnet_lite0")),
+                ("backbone".to_string(), backbone.to_path_buf()),
             ]);
-            let params =
-                FeaturesParams { batch_size: 2, device: DeviceChoice::Cpu, threads: 2, ..Default::default() };
             let ctx = StageContext {
                 stage: "features".into(),
-                params: serde_json::to_value(&params).unwrap(),
+                params: serde_json::to_value(params).unwrap(),
                 inputs,
                 out_dir: out.clone(),
                 cache_dir: self.cache(),
@@ -337,8 +342,8 @@ mod tests {
                 lineage: vec![],
                 reporter: pipe_engine::reporter::Reporter::hidden(),
             };
-            crate::features::run(&ctx).unwrap();
-            (run_summary(&out), out)
+            crate::features::run(&ctx)?;
+            Ok((run_summary(&out), out))
         }
         fn cache(&self) -> PathBuf {
             self.root.path().join("cache")
@@ -360,8 +365,12 @@ mod tests {
 
     /// features.arrow as image -> vector.
     fn read_output(out: &Path) -> BTreeMap<String, Vec<f32>> {
+        read_output_as(out, FeatureLayout { dim: 1280, grid: None })
+    }
+
+    fn read_output_as(out: &Path, layout: FeatureLayout) -> BTreeMap<String, Vec<f32>> {
         let reader = FileReader::try_new(File::open(out.join("features.arrow")).unwrap(), None).unwrap();
-        assert_eq!(reader.schema(), output_schema(1280));
+        assert_eq!(reader.schema(), output_schema(&layout));
         let mut rows = BTreeMap::new();
         for batch in reader {
             let batch = batch.unwrap();
@@ -369,10 +378,14 @@ mod tests {
             let lists = batch.column(2).as_fixed_size_list();
             for row in 0..batch.num_rows() {
                 let v = lists.value(row);
-                rows.insert(
-                    images.value(row).to_string(),
-                    v.as_primitive::<arrow_array::types::Float32Type>().values().to_vec(),
-                );
+                let values = match layout.grid {
+                    None => v.as_primitive::<arrow_array::types::Float32Type>().values().to_vec(),
+                    Some(_) => {
+                        let half = v.as_primitive::<arrow_array::types::Float16Type>();
+                        half.values().iter().map(|x| x.to_f32()).collect()
+                    }
+                };
+                rows.insert(images.value(row).to_string(), values);
             }
         }
         rows
@@ -451,7 +464,9 @@ mod tests {
     #[test]
     fn many_shards_are_merged() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = FeatureCache::open(dir.path(), "h", Precision::Fp32, 2).unwrap();
+        let cache =
+            FeatureCache::open(dir.path(), "h", Precision::Fp32, FeatureLayout { dim: 2, grid: None })
+                .unwrap();
         for i in 0..=MAX_SHARDS {
             let mut pending = ShardBuffer::default();
             pending.push(&format!("hash{i}"), &[i as f32, 1.0]);
@@ -464,5 +479,73 @@ mod tests {
         let found = cache.lookup(&wanted, |m| panic!("{m}")).unwrap();
         assert_eq!(found["hash16"], [16.0, 1.0]);
         assert_eq!(found.len(), 2);
+    }
+
+    /// A tiny TorchScript grid backbone: 8×8 input, 2×2 average-pooled map of its 3
+    /// channels times 2 → `[N, 3, 2, 2]` (D = 3), with a sidecar declaring the grid.
+    fn write_grid_backbone(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        let input = tch::Tensor::zeros([1, 3, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let module = tch::CModule::create_by_tracing("Grid", "forward", &[input], &mut |xs| {
+            vec![xs[0].adaptive_avg_pool2d([2, 2]) * 2.0]
+        })
+        .unwrap();
+        module.save(dir.join("model.pt")).unwrap();
+        let spec = serde_json::json!({
+            "name": "tiny-grid", "input_size": 8, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "dim": 3, "output": "grid", "grid": [2, 2]
+        });
+        fs::write(dir.join("backbone.json"), spec.to_string()).unwrap();
+    }
+
+    #[test]
+    fn grid_features_are_half_precision_cells_cached_apart_from_pooled_ones() {
+        let ws = Workspace::new();
+        ws.add_photo("cat.png", "chelsea.png");
+        ws.add_photo("cup.png", "coffee.png");
+        let backbone = ws.root.path().join("grid-backbone");
+        write_grid_backbone(&backbone);
+        let grid_params = FeaturesParams {
+            batch_size: 2,
+            device: DeviceChoice::Cpu,
+            threads: 1,
+            output: FeatureOutput::Grid,
+            ..Default::default()
+        };
+        let layout = FeatureLayout { dim: 3, grid: Some([2, 2]) };
+        let (first, out1) = ws.run_with(1, &backbone, &grid_params).unwrap();
+        assert_eq!((first.count, first.computed), (2, 2));
+        let grids = read_output_as(&out1, layout);
+        assert_eq!(grids["cat.png"].len(), 12);
+
+        ws.add_photo("rocket.png", "rocket.png");
+        let (second, out2) = ws.run_with(2, &backbone, &grid_params).unwrap();
+        assert_eq!((second.computed, second.reused), (1, 2));
+        assert_eq!(read_output_as(&out2, layout)["cat.png"], grids["cat.png"]);
+
+        // Pooled features of the same backbone: the cells' mean, from their own cache entries.
+        let pooled_params = FeaturesParams { output: FeatureOutput::Pooled, ..grid_params.clone() };
+        let (third, out3) = ws.run_with(3, &backbone, &pooled_params).unwrap();
+        assert_eq!((third.computed, third.reused), (3, 0));
+        let pooled = read_output_as(&out3, FeatureLayout { dim: 3, grid: None });
+        for (image, cells) in &grids {
+            for d in 0..3 {
+                let mean = (0..4).map(|c| cells[c * 3 + d]).sum::<f32>() / 4.0;
+                assert!(
+                    (mean - pooled[image][d]).abs() < 1e-2,
+                    "{image} {d}: {mean} vs {}",
+                    pooled[image][d]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn grid_output_needs_a_grid_backbone() {
+        let ws = Workspace::new();
+        ws.add_photo("cat.png", "chelsea.png");
+        let params = FeaturesParams { output: FeatureOutput::Grid, threads: 1, ..Default::default() };
+        let err = ws.run_with(1, &repo_root().join("data/models/efficientnet_lite0"), &params).unwrap_err();
+        assert!(format!("{err:#}").contains("--output grid"), "{err:#}");
     }
 }

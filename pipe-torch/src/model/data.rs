@@ -7,12 +7,15 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
-use arrow_array::{Array, FixedSizeListArray, Float32Array, LargeStringArray, RecordBatch, StringArray};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use arrow_array::{
+    Array, FixedSizeListArray, Float16Array, Float32Array, LargeStringArray, RecordBatch, StringArray,
+};
 use arrow_ipc::reader::FileReader;
 use tch::Tensor;
 
 use super::train::CaptionSet;
+use crate::features::layout::grid_of;
 use pipe::contract::tables::token_columns;
 use pipe::data::table;
 
@@ -28,31 +31,64 @@ pub fn caption_text(vocab: &Vocab, ids: &[i64]) -> String {
 /// `features.arrow`: one row per image.
 pub struct FeatureTable {
     pub images: Vec<String>,
-    /// (M, D) float32, row i belongs to `images[i]`.
+    /// (M, F) row i belongs to `images[i]`: Float for pooled vectors (F = D), Half for
+    /// grids (F = H·W·D, cells-major).
     pub matrix: Tensor,
+    /// [H, W] of grid features (the column's `pipe.grid` metadata); None when pooled.
+    pub grid: Option<[u32; 2]>,
 }
 
 impl FeatureTable {
     pub fn load(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let reader = FileReader::try_new(file, None)
-            .with_context(|| format!("reading Arrow IPC file {}", path.display()))?;
-        let (mut images, mut values, mut dim) = (Vec::new(), Vec::<f32>::new(), None);
-        for batch in reader {
-            let batch = batch.with_context(|| format!("reading a batch of {}", path.display()))?;
-            images.extend(string_column(&batch, "image").with_context(|| path.display().to_string())?);
-            let d = append_features(&batch, &mut values).with_context(|| path.display().to_string())?;
-            if dim.replace(d).is_some_and(|old| old != d) {
-                bail!("{}: feature width changes between batches", path.display());
-            }
-        }
-        let dim = dim.ok_or_else(|| anyhow!("{}: no record batches", path.display()))?;
-        let matrix = Tensor::from_slice(&values).view([images.len() as i64, dim]);
-        Ok(Self { images, matrix })
+        Self::read(path).with_context(|| format!("reading features {}", path.display()))
     }
 
+    fn read(path: &Path) -> Result<Self> {
+        let file = File::open(path)?;
+        let reader = FileReader::try_new(BufReader::new(file), None).context("not an Arrow IPC file")?;
+        let field = reader.schema().field_with_name("features").cloned().context("no column `features`")?;
+        let grid = grid_of(&field)?;
+        let (mut images, mut single, mut half, mut width) = (Vec::new(), Vec::<f32>::new(), Vec::new(), None);
+        for batch in reader {
+            let batch = batch?;
+            images.extend(string_column(&batch, "image")?);
+            let list = feature_list(&batch)?;
+            let w = list.value_length() as usize;
+            if width.replace(w).is_some_and(|old| old != w) {
+                bail!("feature width changes between batches");
+            }
+            let (start, end) = (list.offset() * w, (list.offset() + list.len()) * w);
+            let values = list.values().as_any();
+            if let Some(v) = values.downcast_ref::<Float32Array>() {
+                single.extend_from_slice(&v.values()[start..end]);
+            } else if let Some(v) = values.downcast_ref::<Float16Array>() {
+                half.extend_from_slice(&v.values()[start..end]);
+            } else {
+                bail!("column `features` holds {}, expected Float32 or Float16", list.value_type());
+            }
+        }
+        let width = width.ok_or_else(|| anyhow!("no record batches"))? as i64;
+        let rows = images.len() as i64;
+        let matrix = match (single.is_empty(), half.is_empty()) {
+            (_, true) => Tensor::from_slice(&single).view([rows, width]),
+            (true, false) => Tensor::from_slice(&half).view([rows, width]),
+            (false, false) => bail!("column `features` mixes Float32 and Float16 batches"),
+        };
+        if let Some([h, w]) = grid {
+            let cells = (h * w) as i64;
+            ensure!(width % cells == 0, "{width} values per row do not split into a {h}x{w} grid");
+        }
+        Ok(Self { images, matrix, grid })
+    }
+
+    /// Values per cell: D (the whole row when pooled).
     pub fn dim(&self) -> i64 {
-        self.matrix.size()[1]
+        self.matrix.size()[1] / self.cells()
+    }
+
+    /// Cells per image (1 when pooled).
+    pub fn cells(&self) -> i64 {
+        self.grid.map_or(1, |[h, w]| (h * w) as i64)
     }
 
     /// Row of each image name.
@@ -72,21 +108,12 @@ fn string_column(batch: &RecordBatch, name: &str) -> Result<Vec<String>> {
     bail!("column `{name}` is {}, expected Utf8", col.data_type())
 }
 
-/// Appends the batch's `features` rows to `out`; returns the width D.
-fn append_features(batch: &RecordBatch, out: &mut Vec<f32>) -> Result<i64> {
+/// The batch's `features` column.
+fn feature_list(batch: &RecordBatch) -> Result<&FixedSizeListArray> {
     let col = batch.column_by_name("features").ok_or_else(|| anyhow!("no column `features`"))?;
-    let list = col.as_any().downcast_ref::<FixedSizeListArray>().ok_or_else(|| {
-        anyhow!("column `features` is {}, expected FixedSizeList<Float32>", col.data_type())
-    })?;
-    let values = list
-        .values()
-        .as_any()
-        .downcast_ref::<Float32Array>()
-        .ok_or_else(|| anyhow!("column `features` holds {}, expected Float32", list.value_type()))?;
-    let dim = list.value_length() as usize;
-    let start = list.offset() * dim;
-    out.extend_from_slice(&values.values()[start..start + list.len() * dim]);
-    Ok(dim as i64)
+    col.as_any().downcast_ref::<FixedSizeListArray>().ok_or_else(|| {
+        anyhow!("column `features` is {}, expected FixedSizeList<Float32 or Float16>", col.data_type())
+    })
 }
 
 /// `tokens.parquet` rows.

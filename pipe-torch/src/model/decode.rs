@@ -1,7 +1,7 @@
-//! Batched greedy and beam-search decoding with the [`MergeDecoder`].
+//! Batched greedy and beam-search decoding with any [`StepDecoder`] (a model or an ensemble).
 //!
 //! Both decode many images at once: every live hypothesis of every image is one row of
-//! the LSTM batch, and rows whose image is finished are dropped, so a long caption
+//! the decoder's batch, and rows whose image is finished are dropped, so a long caption
 //! costs only its own rows. The host sees one small copy per step (the chosen tokens and
 //! scores), which it needs anyway to decide what has finished.
 //!
@@ -14,7 +14,7 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use super::decoder::{DecoderState, MergeDecoder};
+use super::decoder::{DecodeState, StepDecoder};
 
 /// What every decoder needs to know about the vocabulary and the length limit.
 #[derive(Debug, Clone)]
@@ -38,18 +38,19 @@ pub struct Hypothesis {
     pub log_prob: f64,
 }
 
-/// Greedy decoding. features (B, D) on the model's device → B hypotheses.
-pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hypothesis>> {
+/// Greedy decoding. features (B, …) from [`StepDecoder::features`], on the model's
+/// device → B hypotheses.
+pub fn greedy(model: &dyn StepDecoder, features: &Tensor, opts: &DecodeOptions) -> Result<Vec<Hypothesis>> {
     let _guard = tch::no_grad_guard();
     let batch = features.size()[0] as usize;
     let ban = ban_vector(model, opts, features.device());
-    let (mut m, mut state) = model.init_state(features);
+    let mut state = model.start(features);
     let mut rows: Vec<usize> = (0..batch).collect(); // image of each live row
     let mut out: Vec<Hypothesis> = vec![Hypothesis { tokens: vec![], log_prob: 0.0 }; batch];
     let mut scores = vec![0f64; batch];
     let mut tokens = Tensor::full([batch as i64], opts.start_id, (Kind::Int64, features.device()));
     for _ in 0..opts.max_steps {
-        let (lp, next) = model.step(&tokens, &m, &state);
+        let (lp, next) = model.step(&tokens, &state);
         let lp = lp + &ban;
         let lp =
             block_repeats(lp, rows.iter().map(|&image| out[image].tokens.as_slice()), opts.block_repeats);
@@ -70,8 +71,7 @@ pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> 
                 rows.clear();
                 break;
             }
-            let keep_t = Tensor::from_slice(&keep).to_device(features.device());
-            (m, state) = (m.index_select(0, &keep_t), select_rows(&state, &keep_t));
+            state = state.select(&Tensor::from_slice(&keep).to_device(features.device()));
             rows = keep.iter().map(|&r| rows[r as usize]).collect();
         }
         let live: Vec<i64> = rows.iter().map(|&image| *out[image].tokens.last().unwrap()).collect();
@@ -83,6 +83,72 @@ pub fn greedy(model: &MergeDecoder, features: &Tensor, opts: &DecodeOptions) -> 
     Ok(out)
 }
 
+/// Samples one caption per row of features (B, …) from the model's next-word
+/// distribution, renormalised without the banned tokens, drawing from torch's global
+/// generator (seed it for a reproducible draw). Returns each caption with its summed
+/// log-probability under that distribution, and whether it ended with endseq (rather than
+/// at `max_steps`). No n-gram blocking: a sample follows the model.
+pub fn sample(
+    model: &dyn StepDecoder,
+    features: &Tensor,
+    opts: &DecodeOptions,
+) -> Result<Vec<(Hypothesis, bool)>> {
+    let _guard = tch::no_grad_guard();
+    sample_from(model, model.start(features), features.size()[0] as usize, features.device(), opts)
+}
+
+/// [`sample`] from a started state of `batch` rows (e.g. one image's state repeated once
+/// per sample, so the image is encoded once).
+pub fn sample_from(
+    model: &dyn StepDecoder,
+    mut state: DecodeState,
+    batch: usize,
+    device: tch::Device,
+    opts: &DecodeOptions,
+) -> Result<Vec<(Hypothesis, bool)>> {
+    let _guard = tch::no_grad_guard();
+    let ban = ban_vector(model, opts, device);
+    let mut rows: Vec<usize> = (0..batch).collect();
+    let mut out = vec![(Hypothesis { tokens: vec![], log_prob: 0.0 }, false); batch];
+    let mut tokens = Tensor::full([batch as i64], opts.start_id, (Kind::Int64, device));
+    for _ in 0..opts.max_steps {
+        let (lp, next) = model.step(&tokens, &state);
+        let lp = (lp + &ban).log_softmax(-1, Kind::Float);
+        let words = lp.exp().multinomial(1, true);
+        let chosen = lp.gather(1, &words, false);
+        let words = Vec::<i64>::try_from(words.reshape([-1]).to_device(tch::Device::Cpu))?;
+        let chosen = Vec::<f32>::try_from(chosen.reshape([-1]).to_device(tch::Device::Cpu))?;
+        let mut keep = Vec::with_capacity(rows.len());
+        for (r, &image) in rows.iter().enumerate() {
+            let (hyp, ended) = &mut out[image];
+            hyp.log_prob += chosen[r] as f64;
+            if words[r] == opts.end_id {
+                *ended = true;
+            } else {
+                hyp.tokens.push(words[r]);
+                keep.push(r as i64);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        state = if keep.len() < rows.len() {
+            next.select(&Tensor::from_slice(&keep).to_device(device))
+        } else {
+            next
+        };
+        rows = keep.iter().map(|&r| rows[r as usize]).collect();
+        let live: Vec<i64> = rows.iter().map(|&image| *out[image].0.tokens.last().unwrap()).collect();
+        tokens = Tensor::from_slice(&live).to_device(device);
+    }
+    Ok(out)
+}
+
+/// (V,) with -inf at the tokens `opts` bans and 0 elsewhere, to add to logits or log-probs.
+pub fn banned_tokens(model: &dyn StepDecoder, opts: &DecodeOptions, device: tch::Device) -> Tensor {
+    ban_vector(model, opts, device)
+}
+
 /// One image's beam while decoding.
 struct Beam {
     /// Live hypotheses: (word ids, summed log-prob). Their rows are contiguous in the batch.
@@ -91,9 +157,9 @@ struct Beam {
     done: Vec<(Vec<i64>, f64, usize)>,
 }
 
-/// Beam search of `width` for every image of features (B, D) at once → B hypotheses.
+/// Beam search of `width` for every image of features (B, …) at once → B hypotheses.
 pub fn beam_search(
-    model: &MergeDecoder,
+    model: &dyn StepDecoder,
     features: &Tensor,
     opts: &DecodeOptions,
     width: usize,
@@ -102,16 +168,16 @@ pub fn beam_search(
     ensure!(width >= 1, "beam width must be at least 1");
     let _guard = tch::no_grad_guard();
     let device = features.device();
-    let vocab = model.cfg.vocab_size;
+    let vocab = model.vocab_size();
     let ban = ban_vector(model, opts, device);
-    let (mut m, mut state) = model.init_state(features);
+    let mut state = model.start(features);
     let mut beams: Vec<Beam> =
         (0..features.size()[0]).map(|_| Beam { live: vec![(vec![], 0.0)], done: vec![] }).collect();
     let mut active: Vec<usize> = (0..beams.len()).collect(); // images with live rows, in row order
     let mut tokens = Tensor::full([beams.len() as i64], opts.start_id, (Kind::Int64, device));
     let mut row_scores = vec![0f64; beams.len()];
     for _ in 0..opts.max_steps {
-        let (lp, next) = model.step(&tokens, &m, &state);
+        let (lp, next) = model.step(&tokens, &state);
         let lp = lp + &ban;
         let live = active.iter().flat_map(|&image| beams[image].live.iter().map(|(w, _)| w.as_slice()));
         let lp = block_repeats(lp, live, opts.block_repeats);
@@ -121,8 +187,7 @@ pub fn beam_search(
         if plan.src_rows.is_empty() {
             break;
         }
-        let src = Tensor::from_slice(&plan.src_rows).to_device(device);
-        (m, state) = (m.index_select(0, &src), select_rows(&next, &src));
+        state = next.select(&Tensor::from_slice(&plan.src_rows).to_device(device));
         tokens = Tensor::from_slice(&plan.tokens).to_device(device);
         row_scores = plan.scores;
     }
@@ -285,8 +350,8 @@ fn repeated_continuations(words: &[i64], n: usize) -> Vec<i64> {
 }
 
 /// (V,) with -inf at banned ids and 0 elsewhere, added to log-probs.
-fn ban_vector(model: &MergeDecoder, opts: &DecodeOptions, device: tch::Device) -> Tensor {
-    let mut ban = vec![0f32; model.cfg.vocab_size as usize];
+fn ban_vector(model: &dyn StepDecoder, opts: &DecodeOptions, device: tch::Device) -> Tensor {
+    let mut ban = vec![0f32; model.vocab_size() as usize];
     for &id in &opts.banned {
         if let Some(slot) = ban.get_mut(id as usize) {
             *slot = f32::NEG_INFINITY;
@@ -295,15 +360,12 @@ fn ban_vector(model: &MergeDecoder, opts: &DecodeOptions, device: tch::Device) -
     Tensor::from_slice(&ban).to_device(device)
 }
 
-/// Keeps rows `index` (on the state's device) of an LSTM state (1, R, H).
-fn select_rows(state: &DecoderState, index: &Tensor) -> DecoderState {
-    tch::nn::LSTMState((state.h().index_select(1, index), state.c().index_select(1, index)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::decoder::DecoderConfig;
+    use crate::model::decoder::{
+        AttentionConfig, AttentionDecoder, DecoderConfig, Ensemble, MergeDecoder, StepDecoder,
+    };
     use tch::{nn, Device};
 
     /// A random model; holds the RNG lock until the caller has drawn its features too.
@@ -380,5 +442,90 @@ mod tests {
         let (sg, sb): (f64, f64) = (g.iter().map(|h| h.log_prob).sum(), b.iter().map(|h| h.log_prob).sum());
         assert!(sb >= sg - 1e-4, "beam {sb} < greedy {sg}");
         assert!(b.iter().all(|h| h.tokens.len() <= 11));
+    }
+
+    /// A random attention model over 5-cell grids of 6 values, and its batch of features.
+    fn attention_model(seed: i64, images: i64) -> (nn::VarStore, AttentionDecoder, Tensor) {
+        let _rng = crate::model::train::torch_rng_lock();
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = AttentionConfig {
+            vocab_size: 30,
+            feature_dim: 6,
+            cells: 5,
+            embed: 12,
+            hidden: 16,
+            attention: 8,
+            dropout: 0.5,
+            alpha_c: 1.0,
+            max_len: 12,
+            pad_id: 0,
+        };
+        let dec = AttentionDecoder::new(&cfg, vs.root());
+        let rows = Tensor::randn([images, 30], (Kind::Float, Device::Cpu)) * 3.0;
+        let feats = dec.features(&rows).unwrap();
+        (vs, dec, feats)
+    }
+
+    #[test]
+    fn attention_beam_width_one_equals_greedy_and_batching_changes_nothing() {
+        for seed in 0..3 {
+            let (_vs, dec, feats) = attention_model(seed, 9);
+            let g = greedy(&dec, &feats, &opts()).unwrap();
+            assert_eq!(g, beam_search(&dec, &feats, &opts(), 1, false).unwrap(), "seed {seed}");
+            let wide = beam_search(&dec, &feats, &opts(), 3, true).unwrap();
+            for (i, h) in wide.iter().enumerate() {
+                let one = beam_search(&dec, &feats.narrow(0, i as i64, 1), &opts(), 3, true).unwrap();
+                assert_eq!(one[0].tokens, h.tokens, "seed {seed} image {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn samples_follow_the_model_and_are_reproducible_with_a_seed() {
+        let (_vs, dec, feats) = attention_model(3, 4);
+        let draw = |seed| {
+            let _rng = crate::model::train::torch_rng_lock();
+            tch::manual_seed(seed);
+            sample(&dec, &feats, &opts()).unwrap()
+        };
+        let (a, b, c) = (draw(1), draw(1), draw(2));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        for (hyp, ended) in &a {
+            assert!(hyp.tokens.iter().all(|&t| t > 2), "{hyp:?}");
+            assert!(*ended || hyp.tokens.len() == opts().max_steps, "{hyp:?}");
+            assert!(hyp.log_prob < 0.0);
+        }
+    }
+
+    #[test]
+    fn an_ensemble_of_one_equals_its_model() {
+        let (_vs, dec, feats) = attention_model(7, 6);
+        let alone = beam_search(&dec, &feats, &opts(), 3, true).unwrap();
+        let (_vs2, twin, _) = attention_model(7, 6); // the same weights, as a member
+        let ensemble = Ensemble::new(vec![Box::new(twin)]).unwrap();
+        let rows = feats.reshape([6, 30]);
+        let together = beam_search(&ensemble, &ensemble.features(&rows).unwrap(), &opts(), 3, true).unwrap();
+        assert_eq!(alone, together);
+        assert_eq!(greedy(&dec, &feats, &opts()).unwrap(), greedy(&ensemble, &rows, &opts()).unwrap());
+    }
+
+    #[test]
+    fn an_ensemble_averages_its_members_log_probabilities() {
+        let (_vs, a, feats) = attention_model(1, 4);
+        let (_vs2, b, _) = attention_model(2, 4);
+        let tokens = Tensor::full([4], 2, (Kind::Int64, Device::Cpu));
+        let (la, _) = a.step(&tokens, &a.start(&feats));
+        let (lb, _) = b.step(&tokens, &b.start(&feats));
+        let (_vs3, a2, _) = attention_model(1, 4);
+        let (_vs4, b2, _) = attention_model(2, 4);
+        let ensemble = Ensemble::new(vec![Box::new(a2), Box::new(b2)]).unwrap();
+        let rows = ensemble.features(&feats.reshape([4, 30])).unwrap();
+        let (mean, state) = ensemble.step(&tokens, &ensemble.start(&rows));
+        assert!(mean.allclose(&((la + lb) / 2.0), 1e-6, 1e-6, false));
+        assert_eq!(state.select(&Tensor::from_slice(&[3i64, 0])).0[1].size()[0], 2);
+        let hyps = beam_search(&ensemble, &rows, &opts(), 2, true).unwrap();
+        assert_eq!(hyps.len(), 4);
     }
 }

@@ -5,4 +5,5 @@ pub mod data;
 pub mod decode;
 pub mod decoder;
 pub mod optim;
+pub mod scst;
 pub mod train;

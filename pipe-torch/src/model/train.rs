@@ -1,4 +1,4 @@
-//! Teacher-forced training of the [`MergeDecoder`] over whole padded captions.
+//! Teacher-forced training of a [`CaptionDecoder`] over whole padded captions.
 //!
 //! Why it is faster than the peer for the same model and the same maths:
 //! - all captions live in one (N, T) token tensor and all features in one (M, D) tensor on
@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use super::decoder::MergeDecoder;
+use super::decoder::CaptionDecoder;
 use super::optim::{Plateau, Stepper};
 
 /// Captions ready for training: one padded token matrix and, per caption, its image's row
@@ -32,8 +32,8 @@ pub struct CaptionSet {
     pub tokens: Tensor,
     /// Tokens per caption, start and end included (≥ 2).
     pub lengths: Vec<i64>,
-    /// (N,) int64 row of each caption's image in the feature matrix.
-    pub feature_rows: Tensor,
+    /// Row of each caption's image in the feature matrix (host side, for planning).
+    pub feature_rows: Vec<i64>,
 }
 
 impl CaptionSet {
@@ -55,7 +55,7 @@ impl CaptionSet {
         Self {
             tokens: Tensor::from_slice(&flat).view([captions.len() as i64, width as i64]),
             lengths: captions.iter().map(|c| c.len() as i64).collect(),
-            feature_rows: Tensor::from_slice(feature_rows),
+            feature_rows: feature_rows.to_vec(),
         }
     }
 
@@ -63,7 +63,7 @@ impl CaptionSet {
         Self {
             tokens: self.tokens.to_device(device),
             lengths: self.lengths.clone(),
-            feature_rows: self.feature_rows.to_device(device),
+            feature_rows: self.feature_rows.clone(),
         }
     }
 }
@@ -87,6 +87,10 @@ pub struct TrainOptions {
     /// batches near-uniform in length, which pads less, but a batch of short captions then
     /// weighs as much as one of long captions, and the model fits worse.
     pub bucket_batches: usize,
+    /// Batches of whole images (all their captions together, images shuffled) instead of
+    /// random captions, so a decoder that encodes each image at length (attention over a
+    /// grid) does it once per image rather than once per caption. Ignores `bucket_batches`.
+    pub group_by_image: bool,
     pub seed: u64,
     pub device: Device,
 }
@@ -129,6 +133,10 @@ impl TrainMonitor for Silent {}
 struct EpochPlan {
     /// (N,) caption ids in batch order.
     order: Tensor,
+    /// The distinct feature rows of each batch, concatenated (see `PlannedBatch::images`).
+    images: Tensor,
+    /// (N,) for each caption in `order`, its image's index among its batch's `images`.
+    image_of: Tensor,
     /// Flat positions (row * L + t) of real targets inside each batch's (B, L) grid, concatenated.
     positions: Tensor,
     /// The batch row of each of those positions.
@@ -142,15 +150,19 @@ struct PlannedBatch {
     size: i64,
     /// Input steps: the longest caption in the batch minus one.
     steps: i64,
+    /// Offset and count of this batch's distinct images in `images`.
+    images_offset: i64,
+    images: i64,
     /// Offset and count of this batch's real targets in `positions`/`rows`.
     offset: i64,
     targets: i64,
 }
 
 /// Trains `model` (whose variables live in `vs`) on `train`, early-stopping on `dev`,
-/// and leaves the best epoch's weights in `vs`. `features` is (M, D) on any device.
+/// and leaves the best epoch's weights in `vs`. `features` is the feature table's (M, F)
+/// matrix on any device.
 pub fn train(
-    model: &MergeDecoder,
+    model: &dyn CaptionDecoder,
     vs: &nn::VarStore,
     features: &Tensor,
     train: &CaptionSet,
@@ -171,14 +183,20 @@ pub fn train(
     for epoch in 1..=opts.max_epochs {
         let lr = plateau.lr;
         opt.set_lr(lr);
-        let plan = plan_epoch(&train.lengths, opts.batch_size, Some((&mut rng, opts.bucket_batches)), device);
+        let order = match opts.group_by_image {
+            true => Order::Images(&mut rng),
+            false => Order::Captions(&mut rng, opts.bucket_batches),
+        };
+        let plan = plan_epoch(train, opts.batch_size, order, device);
         monitor.epoch_start(epoch, plan.batches.len());
         let started = Instant::now();
         let train_loss =
-            run_epoch(model, &features, &train_set, &plan, opts.label_smoothing, Some(&mut opt), monitor);
+            run_epoch(model, &features, &train_set, &plan, opts.label_smoothing, Some(&mut opt), monitor)?;
         let seconds = started.elapsed().as_secs_f64();
-        let dev_loss =
-            (!dev.is_empty()).then(|| evaluate(model, &features, &dev_set, opts.batch_size.max(256)));
+        let dev_loss = match dev.is_empty() {
+            true => None,
+            false => Some(evaluate(model, &features, &dev_set, opts.batch_size.max(256))?),
+        };
         let record = EpochRecord {
             epoch,
             train_loss,
@@ -211,28 +229,33 @@ pub fn train(
 }
 
 /// Mean per-token cross-entropy (no smoothing, no dropout) of `set`.
-pub fn evaluate(model: &MergeDecoder, features: &Tensor, set: &CaptionSet, batch_size: usize) -> f64 {
+pub fn evaluate(
+    model: &dyn CaptionDecoder,
+    features: &Tensor,
+    set: &CaptionSet,
+    batch_size: usize,
+) -> Result<f64> {
     let _guard = tch::no_grad_guard();
     let device = features.device();
-    let plan = plan_epoch(&set.lengths, batch_size, None, device);
+    let plan = plan_epoch(set, batch_size, Order::ByLength, device);
     run_epoch(model, features, set, &plan, 0.0, None, &mut Silent)
 }
 
 /// One pass over `plan`; trains when `opt` is given. Returns the mean per-token loss.
 fn run_epoch(
-    model: &MergeDecoder,
+    model: &dyn CaptionDecoder,
     features: &Tensor,
     set: &CaptionSet,
     plan: &EpochPlan,
     label_smoothing: f64,
     mut opt: Option<&mut Stepper>,
     monitor: &mut dyn TrainMonitor,
-) -> f64 {
+) -> Result<f64> {
     let train = opt.is_some();
     let mut total = Tensor::zeros([], (Kind::Double, features.device()));
     let mut tokens = 0i64;
     for batch in &plan.batches {
-        let loss = batch_loss(model, features, set, plan, batch, train, label_smoothing);
+        let loss = batch_loss(model, features, set, plan, batch, train, label_smoothing)?;
         if let Some(opt) = opt.as_deref_mut() {
             opt.backward_step(&loss);
         }
@@ -240,66 +263,100 @@ fn run_epoch(
         tokens += batch.targets;
         monitor.batch_done();
     }
-    total.double_value(&[]) / tokens.max(1) as f64
+    Ok(total.double_value(&[]) / tokens.max(1) as f64)
 }
 
-/// Mean loss over one batch's real target tokens.
+/// Mean loss over one batch's real target tokens, plus the decoder's own term in training.
 fn batch_loss(
-    model: &MergeDecoder,
+    model: &dyn CaptionDecoder,
     features: &Tensor,
     set: &CaptionSet,
     plan: &EpochPlan,
     batch: &PlannedBatch,
     train: bool,
     label_smoothing: f64,
-) -> Tensor {
+) -> Result<Tensor> {
     let ids = plan.order.narrow(0, batch.start, batch.size);
     let tokens = set.tokens.index_select(0, &ids).narrow(1, 0, batch.steps + 1);
-    let feats = features.index_select(0, &set.feature_rows.index_select(0, &ids));
-    let (h, m) = model.hidden_states(&feats, &tokens.narrow(1, 0, batch.steps));
+    let images = model
+        .features(&features.index_select(0, &plan.images.narrow(0, batch.images_offset, batch.images)))?;
+    let image_of = plan.image_of.narrow(0, batch.start, batch.size);
     let positions = plan.positions.narrow(0, batch.offset, batch.targets);
     let rows = plan.rows.narrow(0, batch.offset, batch.targets);
-    let h = h.reshape([-1, model.cfg.hidden]).index_select(0, &positions);
-    let logits = model.head(&h, &m.index_select(0, &rows), train);
+    let inputs = tokens.narrow(1, 0, batch.steps);
+    let (logits, extra) = model.target_logits(&images, &image_of, &inputs, &positions, &rows, train);
     let targets = tokens.narrow(1, 1, batch.steps).reshape([-1]).index_select(0, &positions);
-    logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, label_smoothing)
+    let loss = logits.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, label_smoothing);
+    Ok(match extra {
+        Some(extra) if train => loss + extra,
+        _ => loss,
+    })
 }
 
-/// Orders captions into batches. With an RNG: shuffle, sort by length inside chunks of
-/// `bucket_batches` batches, cut, shuffle the batches. Without: sorted by length.
-fn plan_epoch(
-    lengths: &[i64],
-    batch_size: usize,
-    shuffled: Option<(&mut ChaCha8Rng, usize)>,
-    device: Device,
-) -> EpochPlan {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    let mut batches: Vec<Vec<usize>> = match shuffled {
-        Some((rng, bucket_batches)) => {
-            shuffle(&mut order, rng);
+/// How [`plan_epoch`] orders captions.
+enum Order<'a> {
+    /// Sorted by length (evaluation).
+    ByLength,
+    /// Shuffle, sort by length inside chunks of `bucket_batches` batches, cut, shuffle the batches.
+    Captions(&'a mut ChaCha8Rng, usize),
+    /// Shuffle the images; each image's captions stay together, in set order; cut.
+    Images(&'a mut ChaCha8Rng),
+}
+
+/// Orders the captions of `set` into batches of `batch_size`.
+fn plan_epoch(set: &CaptionSet, batch_size: usize, order: Order, device: Device) -> EpochPlan {
+    let lengths = &set.lengths;
+    let mut ids: Vec<usize> = (0..lengths.len()).collect();
+    let mut batches: Vec<Vec<usize>> = match order {
+        Order::Captions(rng, bucket_batches) => {
+            shuffle(&mut ids, rng);
             let mut batches = Vec::new();
-            for chunk in order.chunks_mut(batch_size * bucket_batches.max(1)) {
+            for chunk in ids.chunks_mut(batch_size * bucket_batches.max(1)) {
                 chunk.sort_by_key(|&i| lengths[i]);
                 batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));
             }
             shuffle(&mut batches, rng);
             batches
         }
-        None => {
-            order.sort_by_key(|&i| lengths[i]);
-            order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+        Order::Images(rng) => {
+            let mut captions_of: HashMap<i64, Vec<usize>> = HashMap::new();
+            let mut images = Vec::new();
+            for (id, &row) in set.feature_rows.iter().enumerate() {
+                let captions = captions_of.entry(row).or_default();
+                if captions.is_empty() {
+                    images.push(row);
+                }
+                captions.push(id);
+            }
+            shuffle(&mut images, rng);
+            let ids: Vec<usize> = images.iter().flat_map(|row| captions_of[row].iter().copied()).collect();
+            ids.chunks(batch_size).map(<[usize]>::to_vec).collect()
+        }
+        Order::ByLength => {
+            ids.sort_by_key(|&i| lengths[i]);
+            ids.chunks(batch_size).map(<[usize]>::to_vec).collect()
         }
     };
-    layout(&mut batches, lengths, device)
+    layout(&mut batches, set, device)
 }
 
 /// Turns batches of caption ids into the flat tensors of an [`EpochPlan`].
-fn layout(batches: &mut [Vec<usize>], lengths: &[i64], device: Device) -> EpochPlan {
+fn layout(batches: &mut [Vec<usize>], set: &CaptionSet, device: Device) -> EpochPlan {
+    let lengths = &set.lengths;
     let (mut order, mut positions, mut rows, mut planned) = (vec![], vec![], vec![], vec![]);
+    let (mut images, mut image_of) = (vec![], vec![]);
     for ids in batches.iter() {
         let steps = ids.iter().map(|&i| lengths[i] - 1).max().unwrap_or(1);
         let offset = positions.len() as i64;
+        let images_offset = images.len();
+        let mut index_of: HashMap<i64, i64> = HashMap::new();
         for (row, &id) in ids.iter().enumerate() {
+            let image = set.feature_rows[id];
+            let next = (images.len() - images_offset) as i64;
+            image_of.push(*index_of.entry(image).or_insert_with(|| {
+                images.push(image);
+                next
+            }));
             for t in 0..lengths[id] - 1 {
                 positions.push(row as i64 * steps + t);
                 rows.push(row as i64);
@@ -309,15 +366,20 @@ fn layout(batches: &mut [Vec<usize>], lengths: &[i64], device: Device) -> EpochP
             start: order.len() as i64,
             size: ids.len() as i64,
             steps,
+            images_offset: images_offset as i64,
+            images: (images.len() - images_offset) as i64,
             offset,
             targets: positions.len() as i64 - offset,
         });
         order.extend(ids.iter().map(|&i| i as i64));
     }
+    let upload = |v: &[i64]| Tensor::from_slice(v).to_device(device);
     EpochPlan {
-        order: Tensor::from_slice(&order).to_device(device),
-        positions: Tensor::from_slice(&positions).to_device(device),
-        rows: Tensor::from_slice(&rows).to_device(device),
+        order: upload(&order),
+        images: upload(&images),
+        image_of: upload(&image_of),
+        positions: upload(&positions),
+        rows: upload(&rows),
         batches: planned,
     }
 }
@@ -331,11 +393,11 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
 }
 
 /// A copy of every variable, to keep the best epoch without touching the disk.
-fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+pub(crate) fn snapshot(vs: &nn::VarStore) -> HashMap<String, Tensor> {
     tch::no_grad(|| vs.variables().into_iter().map(|(name, t)| (name, t.copy())).collect())
 }
 
-fn restore(vs: &nn::VarStore, saved: &HashMap<String, Tensor>) {
+pub(crate) fn restore(vs: &nn::VarStore, saved: &HashMap<String, Tensor>) {
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
             var.copy_(&saved[&name]);
@@ -356,7 +418,7 @@ mod tests {
     use tch::nn::OptimizerConfig;
 
     use super::*;
-    use crate::model::decoder::DecoderConfig;
+    use crate::model::decoder::{DecoderConfig, MergeDecoder, StepDecoder};
     use crate::model::optim::FusedAdam;
 
     /// Four images, one or two captions each, over a vocabulary of 12 (pad 0, unk 1,
@@ -403,6 +465,7 @@ mod tests {
             lr_patience: 1,
             label_smoothing: 0.0,
             bucket_batches: 1,
+            group_by_image: false,
             seed,
             device: Device::Cpu,
         };
@@ -456,13 +519,88 @@ mod tests {
     }
 
     #[test]
+    fn tiny_attention_model_overfits_and_greedy_repeats_a_training_caption() {
+        use crate::model::decode::{greedy, DecodeOptions};
+        use crate::model::decoder::{AttentionConfig, AttentionDecoder};
+        let _rng = torch_rng_lock();
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = AttentionConfig {
+            vocab_size: 12,
+            feature_dim: 4,
+            cells: 4,
+            embed: 16,
+            hidden: 32,
+            attention: 16,
+            dropout: 0.1,
+            alpha_c: 1.0,
+            max_len: 6,
+            pad_id: 0,
+        };
+        let model = AttentionDecoder::new(&cfg, vs.root());
+        let (features, set) = tiny_data(); // (4, 16): a 4-cell grid of 4 values per image
+        let opts = TrainOptions {
+            lr: 0.01,
+            batch_size: 2,
+            max_epochs: 150,
+            patience: 150,
+            lr_factor: 0.5,
+            lr_patience: 1,
+            label_smoothing: 0.0,
+            bucket_batches: 1,
+            group_by_image: true,
+            seed: 5,
+            device: Device::Cpu,
+        };
+        let empty = CaptionSet::from_lists(&[], &[], 0);
+        let history = train(&model, &vs, &features, &set, &empty, &opts, &mut Silent).unwrap();
+        let last = history.epochs.last().unwrap().train_loss;
+        assert!(last < 0.5, "final train loss {last}");
+        let decode =
+            DecodeOptions { start_id: 2, end_id: 3, banned: vec![0, 1, 2], max_steps: 6, block_repeats: 0 };
+        let feats = model.features(&features.narrow(0, 0, 1)).unwrap();
+        let caption = &greedy(&model, &feats, &decode).unwrap()[0];
+        assert_eq!(caption.tokens, [4, 5, 6], "image 0's only caption is 2 4 5 6 3");
+    }
+
+    /// A caption set with these lengths, five captions per image.
+    fn set_of(lengths: &[i64]) -> CaptionSet {
+        let captions: Vec<Vec<i64>> = lengths.iter().map(|&n| vec![2; n as usize]).collect();
+        let rows: Vec<i64> = (0..lengths.len() as i64).map(|i| i / 5).collect();
+        CaptionSet::from_lists(&captions, &rows, 0)
+    }
+
+    #[test]
+    fn image_batches_keep_an_images_captions_together_and_cover_every_caption() {
+        let lengths: Vec<i64> = (0..1000).map(|i| 3 + (i * 7919 % 20)).collect();
+        let set = set_of(&lengths);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let plan = plan_epoch(&set, 50, Order::Images(&mut rng), Device::Cpu);
+        let mut seen = Vec::<i64>::try_from(&plan.order).unwrap();
+        let image_of = Vec::<i64>::try_from(&plan.image_of).unwrap();
+        let images = Vec::<i64>::try_from(&plan.images).unwrap();
+        for b in &plan.batches {
+            assert_eq!(b.images, 10, "50 captions of 10 whole images");
+            for i in b.start..b.start + b.size {
+                let caption = seen[i as usize] as usize;
+                let image = images[(b.images_offset + image_of[i as usize]) as usize];
+                assert_eq!(image, set.feature_rows[caption]);
+            }
+        }
+        assert_ne!(seen[..5], [0, 1, 2, 3, 4], "images are shuffled");
+        seen.sort();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn one_batch_per_bucket_keeps_batches_random() {
         // Within-batch length spread, relative to the whole set's: near 1 for random
         // batches, near 0 for bucketed ones.
         let lengths: Vec<i64> = (0..2048).map(|i| 3 + (i * 7919 % 20)).collect();
         let spread = |bucket_batches: usize| {
             let mut rng = ChaCha8Rng::seed_from_u64(0);
-            let plan = plan_epoch(&lengths, 64, Some((&mut rng, bucket_batches)), Device::Cpu);
+            let plan =
+                plan_epoch(&set_of(&lengths), 64, Order::Captions(&mut rng, bucket_batches), Device::Cpu);
             let order = Vec::<i64>::try_from(&plan.order).unwrap();
             let variance = |ids: &[i64]| {
                 let xs: Vec<f64> = ids.iter().map(|&i| lengths[i as usize] as f64).collect();
@@ -481,7 +619,7 @@ mod tests {
     fn plan_covers_every_target_once_with_little_padding() {
         let lengths: Vec<i64> = (0..1000).map(|i| 3 + (i * 7919 % 20)).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let plan = plan_epoch(&lengths, 64, Some((&mut rng, 32)), Device::Cpu);
+        let plan = plan_epoch(&set_of(&lengths), 64, Order::Captions(&mut rng, 32), Device::Cpu);
         let mut seen = Vec::<i64>::try_from(&plan.order).unwrap();
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
@@ -504,9 +642,9 @@ mod tests {
             } else {
                 Stepper::Torch(nn::Adam::default().build(&vs, 0.01).unwrap())
             };
-            let plan = plan_epoch(&set.lengths, 5, None, Device::Cpu);
+            let plan = plan_epoch(&set, 5, Order::ByLength, Device::Cpu);
             for _ in 0..5 {
-                let loss = batch_loss(&model, &features, &set, &plan, &plan.batches[0], false, 0.0);
+                let loss = batch_loss(&model, &features, &set, &plan, &plan.batches[0], false, 0.0).unwrap();
                 opt.backward_step(&loss);
             }
             let mut w: Vec<_> = vs.variables().into_iter().collect();

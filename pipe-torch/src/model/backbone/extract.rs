@@ -26,7 +26,7 @@ pub struct Skipped {
 pub struct FeatureBatch {
     /// Positions (in the input list) of the images that have features, in order.
     pub indices: Vec<usize>,
-    /// Row-major `[indices.len(), dim]`.
+    /// Row-major `[indices.len(), row_len]` (see [`Backbone::row_len`]).
     pub features: Vec<f32>,
     /// Images of this batch that were skipped.
     pub skipped: Vec<Skipped>,
@@ -134,7 +134,7 @@ impl Backbone {
     pub fn extract_all(&self, paths: &[PathBuf], opts: &ExtractOptions) -> Result<ExtractedAll> {
         let mut out = vec![None; paths.len()];
         let mut skipped = Vec::new();
-        let dim = self.dim();
+        let dim = self.row_len();
         self.extract(paths, opts, |batch| {
             for (row, &i) in batch.indices.iter().enumerate() {
                 out[i] = Some(batch.features[row * dim..(row + 1) * dim].to_vec());

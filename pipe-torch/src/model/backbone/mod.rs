@@ -42,7 +42,7 @@ pub use device::{precision_kind, ResolveDevice, ThreadPlan};
 pub use extract::{ExtractOptions, ExtractTimings, ExtractedAll, FeatureBatch, Skipped};
 pub use pipe::contract::device::{DeviceChoice, Precision};
 pub use preprocess::{decode_rgb, Preprocess};
-pub use spec::{content_hash, BackboneSpec, MODEL_FILE, SIDECAR_FILE};
+pub use spec::{content_hash, BackboneOutput, BackboneSpec, MODEL_FILE, SIDECAR_FILE};
 
 /// A loaded backbone, ready to turn images into features.
 pub struct Backbone {
@@ -85,6 +85,10 @@ impl Backbone {
     pub fn dim(&self) -> usize {
         self.spec.dim
     }
+    /// Floats per image in what [`Self::forward`] returns: D, or cells × D for a grid.
+    pub fn row_len(&self) -> usize {
+        self.spec.row_len()
+    }
     pub fn device(&self) -> Device {
         self.device
     }
@@ -97,7 +101,7 @@ impl Backbone {
     }
 
     /// Runs prepared pixels (`[n, S, S, 3]` HWC `u8`, row-major) through the model:
-    /// `[n, D]` f32, row-major.
+    /// `[n, row_len]` f32, row-major.
     pub fn forward_pixels(&self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
         let s = self.spec.input_size as i64;
         ensure!(pixels.len() == n * self.spec.image_len(), "batch of {n} has {} bytes", pixels.len());
@@ -109,7 +113,7 @@ impl Backbone {
 
     /// Forward pass on a host `u8` tensor `[n, 3, S, S]` of raw pixels (channels-last
     /// strides are fastest): moves it to the device, normalizes it there (keeping its
-    /// memory format) and returns `[n, D]` f32 on the CPU.
+    /// memory format) and returns `[n, row_len]` f32 on the CPU.
     pub fn forward_bytes(&self, pixels: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
             let x = pixels.to_device(self.device).to_kind(Kind::Float);
@@ -118,20 +122,40 @@ impl Backbone {
     }
 
     /// Forward pass on an already normalized tensor `[n, 3, S, S]` (any device or float
-    /// kind): returns `[n, D]` f32 on the CPU.
+    /// kind): returns `[n, row_len]` f32 on the CPU.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| {
             let n = input.size()[0];
             let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
             let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
-            ensure!(
-                y.size() == [n, self.spec.dim as i64],
-                "backbone returned shape {:?}, expected [{n}, {}]",
-                y.size(),
-                self.spec.dim
-            );
+            let y = self.rows(y, n)?;
             Ok(y.to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
         })
+    }
+}
+
+impl Backbone {
+    /// The model's output (n images) as `[n, row_len]`: pooled `[n, D]` as it is; a grid
+    /// `[n, H·W, D]` flattened, or `[n, D, H, W]` moved to cells-major first.
+    fn rows(&self, y: Tensor, n: i64) -> Result<Tensor> {
+        let (d, [h, w]) = (self.spec.dim as i64, self.spec.grid.map_or([1, 1], |g| g.map(i64::from)));
+        let y = match self.spec.output {
+            BackboneOutput::Pooled => {
+                ensure!(y.size() == [n, d], "backbone returned shape {:?}, expected [{n}, {d}]", y.size());
+                y
+            }
+            BackboneOutput::Grid if y.size() == [n, d, h, w] => y.flatten(2, 3).transpose(1, 2),
+            BackboneOutput::Grid => {
+                ensure!(
+                    y.size() == [n, h * w, d],
+                    "backbone returned shape {:?}, expected a {h}x{w} grid: [{n}, {}, {d}] or [{n}, {d}, {h}, {w}]",
+                    y.size(),
+                    h * w
+                );
+                y
+            }
+        };
+        Ok(y.reshape([n, -1]))
     }
 }
 
@@ -209,6 +233,8 @@ mod tests {
             dim: 8,
             layout: default_layout(),
             value_range: 1.0,
+            output: BackboneOutput::Pooled,
+            grid: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The TorchScript file inside a backbone directory.
@@ -34,6 +34,31 @@ pub struct BackboneSpec {
     /// The value a white pixel has before normalization: 1.0 or 255.
     #[serde(default = "default_value_range")]
     pub value_range: f32,
+    /// What `model.pt` returns: `pooled` ([N, D]) or `grid` (a spatial map: [N, H·W, D]
+    /// cells in row-major order, or [N, D, H, W] as convolutions leave it).
+    #[serde(default, skip_serializing_if = "BackboneOutput::is_pooled")]
+    pub output: BackboneOutput,
+    /// [H, W] of a grid backbone's map (7×7 for EfficientNet-Lite0 at 224 px; 14×14 for a
+    /// ViT-B/16's patch tokens). Required when `output` is `grid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<[u32; 2]>,
+}
+
+/// The kind of tensor a backbone returns per image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneOutput {
+    /// One D-wide vector.
+    #[default]
+    Pooled,
+    /// H·W cells of D values each.
+    Grid,
+}
+
+impl BackboneOutput {
+    pub fn is_pooled(&self) -> bool {
+        *self == Self::Pooled
+    }
 }
 
 pub(super) fn default_resize() -> String {
@@ -68,7 +93,25 @@ impl BackboneSpec {
             "value_range must be 1.0 or 255, not {}",
             self.value_range
         );
+        match (self.output, self.grid) {
+            (BackboneOutput::Grid, None) => bail!("output `grid` needs `grid: [H, W]`"),
+            (BackboneOutput::Grid, Some([h, w])) => {
+                ensure!(h > 0 && w > 0 && h * w <= 4096, "grid {h}x{w} out of range")
+            }
+            (BackboneOutput::Pooled, Some(_)) => bail!("`grid` is set but output is `pooled`"),
+            (BackboneOutput::Pooled, None) => {}
+        }
         Ok(())
+    }
+
+    /// Cells per image: H·W for a grid backbone, 1 for a pooled one.
+    pub fn cells(&self) -> usize {
+        self.grid.map_or(1, |[h, w]| (h * w) as usize)
+    }
+
+    /// Floats the model returns per image: cells × D.
+    pub fn row_len(&self) -> usize {
+        self.cells() * self.dim
     }
 
     /// Floats in one prepared image: 3 × S × S.

@@ -11,9 +11,12 @@
 //! peer in `shared/peers/torch_merge/model.py`, initialised the way PyTorch initialises it,
 //! so quality comparisons measure the pipeline and not a different model.
 
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, RNN};
 use tch::{Kind, Tensor};
+
+use super::{torch_linear, CaptionDecoder, DecodeState, StepDecoder};
 
 /// Decoder hyper-parameters; saved as `model.json` next to the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,26 +131,73 @@ impl MergeDecoder {
 
     /// One decoding step: tokens (B,) int64, merge vectors (B, H), state → log-probs (B, V)
     /// and the new state. Always in eval mode (no dropout).
-    pub fn step(&self, tokens: &Tensor, m: &Tensor, state: &DecoderState) -> (Tensor, DecoderState) {
+    pub fn lstm_step(&self, tokens: &Tensor, m: &Tensor, state: &DecoderState) -> (Tensor, DecoderState) {
         let (h, state) = self.lstm.seq_init(&tokens.apply(&self.embed).unsqueeze(1), state);
         let logits = self.head(&h.squeeze_dim(1), m, false);
         (logits.log_softmax(-1, Kind::Float), state)
     }
 }
 
-/// A Dense layer initialised like PyTorch's `nn.Linear`: weights and bias U(±1/√fan_in).
-fn torch_linear(vs: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    let init = nn::Init::Uniform { lo: -bound, up: bound };
-    nn::linear(vs, fan_in, fan_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+impl StepDecoder for MergeDecoder {
+    fn vocab_size(&self) -> i64 {
+        self.cfg.vocab_size
+    }
+
+    fn max_len(&self) -> i64 {
+        self.cfg.max_len
+    }
+
+    /// Pooled rows as they are; grid rows (L·D wide) averaged over their cells.
+    fn features(&self, rows: &Tensor) -> Result<Tensor> {
+        let (n, width, d) = (rows.size()[0], rows.size()[1], self.cfg.feature_dim);
+        ensure!(
+            width % d == 0,
+            "features are {width} wide, but the model reads {d}-d vectors (or grids of them)"
+        );
+        let rows = rows.to_kind(Kind::Float);
+        Ok(if width == d { rows } else { rows.view([n, width / d, d]).mean_dim(1, false, Kind::Float) })
+    }
+
+    /// State: merge vectors (R, H), LSTM h (R, H) and c (R, H).
+    fn start(&self, features: &Tensor) -> DecodeState {
+        let (m, state) = self.init_state(features);
+        DecodeState(vec![m, state.h().squeeze_dim(0), state.c().squeeze_dim(0)])
+    }
+
+    fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState) {
+        let [m, h, c] = &state.0[..] else { panic!("a merge decoder state has three tensors") };
+        let lstm = nn::LSTMState((h.unsqueeze(0), c.unsqueeze(0)));
+        let (lp, next) = self.lstm_step(tokens, m, &lstm);
+        (lp, DecodeState(vec![m.shallow_clone(), next.h().squeeze_dim(0), next.c().squeeze_dim(0)]))
+    }
+}
+
+impl CaptionDecoder for MergeDecoder {
+    fn embedding(&self) -> &nn::Embedding {
+        &self.embed
+    }
+
+    fn target_logits(
+        &self,
+        images: &Tensor,
+        image_of: &Tensor,
+        inputs: &Tensor,
+        positions: &Tensor,
+        rows: &Tensor,
+        train: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let (h, m) = self.hidden_states(&images.index_select(0, image_of), inputs);
+        let h = h.reshape([-1, self.cfg.hidden]).index_select(0, positions);
+        (self.head(&h, &m.index_select(0, rows), train), None)
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::Device;
 
-    fn tiny() -> DecoderConfig {
+    pub(crate) fn tiny() -> DecoderConfig {
         DecoderConfig {
             vocab_size: 11,
             feature_dim: 6,
@@ -172,7 +222,7 @@ mod tests {
         let (h, m) = dec.hidden_states(&feats, &inputs);
         assert_eq!((h.size(), m.size()), (vec![3, 3, 8], vec![3, 8]));
         let (m, state) = dec.init_state(&feats);
-        let (lp, state) = dec.step(&inputs.select(1, 0), &m, &state);
+        let (lp, state) = dec.lstm_step(&inputs.select(1, 0), &m, &state);
         assert_eq!((lp.size(), state.h().size()), (vec![3, 11], vec![1, 3, 8]));
         let total = lp.exp().sum_dim_intlist(-1, false, Kind::Float);
         assert!(total.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
@@ -189,7 +239,7 @@ mod tests {
         let full = dec.forward_t(&feats, &inputs, false).log_softmax(-1, Kind::Float);
         let (m, mut state) = dec.init_state(&feats);
         for t in 0..3 {
-            let (lp, next) = dec.step(&inputs.select(1, t), &m, &state);
+            let (lp, next) = dec.lstm_step(&inputs.select(1, t), &m, &state);
             assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
             state = next;
         }

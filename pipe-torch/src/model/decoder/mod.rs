@@ -1,0 +1,179 @@
+//! Caption decoders behind one small trait: training asks for the logits of the real
+//! target tokens of a teacher-forced batch, decoding asks for one step at a time.
+//!
+//! | decoder | features | module |
+//! |---|---|---|
+//! | `merge` | pooled (B, D) | [`merge::MergeDecoder`], the 2017 tutorial model and the peer's |
+//! | `attention` | grid (B, L·D) | [`attention::AttentionDecoder`], Show, Attend and Tell |
+//!
+//! `model.json` holds the config: a merge config as it always was (no tag, so older
+//! models still load), the others tagged with `"decoder": "<name>"`.
+
+pub mod attention;
+pub mod ensemble;
+pub mod merge;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use tch::{nn, Tensor};
+
+pub use attention::{AttentionConfig, AttentionDecoder};
+pub use ensemble::Ensemble;
+pub use merge::{DecoderConfig, MergeDecoder};
+
+/// What decoding needs: a model (or an ensemble of them) that scores the next word.
+pub trait StepDecoder {
+    fn vocab_size(&self) -> i64;
+    /// Longest token sequence seen in training, start and end included.
+    fn max_len(&self) -> i64;
+    /// Feature-table rows (B, F), Float or Half, as this decoder reads them (Float,
+    /// pooled or a grid as the decoder needs).
+    fn features(&self, rows: &Tensor) -> Result<Tensor>;
+    /// Starts decoding features (B, …) from [`Self::features`].
+    fn start(&self, features: &Tensor) -> DecodeState;
+    /// One step in eval mode: tokens (R,) → log-probs (R, V) and the next state.
+    fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState);
+    /// For decoders that attend over a grid: the attention weights (B, T, L) of each step
+    /// of a teacher-forced pass over inputs (B, T) (startseq w1 …). None for the others.
+    fn attention(&self, _features: &Tensor, _inputs: &Tensor) -> Option<Tensor> {
+        None
+    }
+}
+
+/// What training needs on top: a decoder with weights of its own.
+pub trait CaptionDecoder: StepDecoder {
+    /// The word embedding (pretrained word vectors are copied into it).
+    fn embedding(&self) -> &nn::Embedding;
+    /// Teacher-forced pass over a batch of B captions of U distinct images: `images`
+    /// (U, …) from [`StepDecoder::features`], `image_of` (B,) each caption's image among
+    /// them, inputs (B, T) = startseq w1 … (padded). Returns the logits (P, V) at
+    /// `positions` (flat row·T + t, each predicting inputs[row, t+1] or endseq; `rows` is
+    /// each one's batch row) and an extra loss term the decoder adds in training (None
+    /// when it has none).
+    fn target_logits(
+        &self,
+        images: &Tensor,
+        image_of: &Tensor,
+        inputs: &Tensor,
+        positions: &Tensor,
+        rows: &Tensor,
+        train: bool,
+    ) -> (Tensor, Option<Tensor>);
+}
+
+/// A decoder's per-row state between steps; every tensor has its rows on dimension 0, so
+/// beam search can keep, drop and copy rows without knowing what they hold.
+pub struct DecodeState(pub Vec<Tensor>);
+
+impl DecodeState {
+    /// Keeps rows `index` (int64, on the state's device), in that order.
+    pub fn select(&self, index: &Tensor) -> Self {
+        Self(self.0.iter().map(|t| t.index_select(0, index)).collect())
+    }
+}
+
+/// `model.json`: which decoder, with its sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Merge(DecoderConfig),
+    Attention(AttentionConfig),
+}
+
+/// The `decoder` tag of a tagged `model.json`.
+const TAG: &str = "decoder";
+
+impl ModelConfig {
+    /// The decoder's name, as the train kind's `decoder` param spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Merge(_) => "merge",
+            Self::Attention(_) => "attention",
+        }
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            Self::Merge(c) => c.vocab_size,
+            Self::Attention(c) => c.vocab_size,
+        }
+    }
+
+    pub fn max_len(&self) -> i64 {
+        match self {
+            Self::Merge(c) => c.max_len,
+            Self::Attention(c) => c.max_len,
+        }
+    }
+
+    /// Builds the decoder's variables under `vs`.
+    pub fn build(&self, vs: nn::Path) -> Box<dyn CaptionDecoder> {
+        match self {
+            Self::Merge(c) => Box::new(MergeDecoder::new(c, vs)),
+            Self::Attention(c) => Box::new(AttentionDecoder::new(c, vs)),
+        }
+    }
+
+    pub fn to_json(&self) -> Result<Value> {
+        Ok(match self {
+            Self::Merge(c) => serde_json::to_value(c)?,
+            Self::Attention(c) => tagged(self.name(), c)?,
+        })
+    }
+
+    pub fn from_json(value: &Value) -> Result<Self> {
+        let mut value = value.clone();
+        let tag = value.as_object_mut().and_then(|m| m.remove(TAG));
+        Ok(match tag.as_ref().map(|t| t.as_str().unwrap_or_default()) {
+            None | Some("merge") => Self::Merge(serde_json::from_value(value)?),
+            Some("attention") => Self::Attention(serde_json::from_value(value)?),
+            Some(other) => bail!("unknown decoder `{other}` (expected merge or attention)"),
+        })
+    }
+
+    /// Reads `model.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Self::from_json(&value).with_context(|| format!("{}", path.display()))
+    }
+}
+
+/// `{"decoder": name, ...config}`.
+fn tagged(name: &str, config: &impl Serialize) -> Result<Value> {
+    let mut map = serde_json::Map::new();
+    map.insert(TAG.into(), Value::from(name));
+    if let Value::Object(fields) = serde_json::to_value(config)? {
+        map.extend(fields);
+    }
+    Ok(Value::Object(map))
+}
+
+/// A Dense layer initialised like PyTorch's `nn.Linear`: weights and bias U(±1/√fan_in).
+pub(crate) fn torch_linear(vs: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    nn::linear(vs, fan_in, fan_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_configs_stay_untagged_and_others_are_tagged() {
+        let merge = ModelConfig::Merge(merge::tests::tiny());
+        let json = merge.to_json().unwrap();
+        assert!(json.get(TAG).is_none());
+        assert_eq!(ModelConfig::from_json(&json).unwrap(), merge);
+        let attention = ModelConfig::Attention(attention::tests::tiny());
+        let json = attention.to_json().unwrap();
+        assert_eq!(json[TAG], "attention");
+        assert_eq!(ModelConfig::from_json(&json).unwrap(), attention);
+        let err = ModelConfig::from_json(&serde_json::json!({"decoder": "gru"})).unwrap_err();
+        assert!(err.to_string().contains("gru"), "{err}");
+    }
+}
