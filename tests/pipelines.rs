@@ -11,7 +11,12 @@ use pipe_engine::spec::{self, KindRegistry, Pipeline};
 fn load(file: &str) -> Pipeline {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = tempfile::tempdir().unwrap();
-    for dir in ["data/models/efficientnet_lite0", "data/archive", "data/flickr8k/images"] {
+    for dir in [
+        "data/models/efficientnet_lite0",
+        "data/models/efficientnet_lite0_grid",
+        "data/archive",
+        "data/flickr8k/images",
+    ] {
         std::fs::create_dir_all(root.path().join(dir)).unwrap();
     }
     for file in [
@@ -29,7 +34,16 @@ fn load(file: &str) -> Pipeline {
 
 #[test]
 fn every_shipped_pipeline_parses() {
-    for file in ["pipeline.yaml", "pipelines/archive.yaml", "pipelines/flickr8k.yaml"] {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec!["pipeline.yaml".to_string()];
+    for entry in std::fs::read_dir(repo.join("pipelines")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yaml") {
+            files.push(format!("pipelines/{name}"));
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    for file in &files {
         assert!(!load(file).stages.is_empty(), "{file}");
     }
 }

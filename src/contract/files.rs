@@ -22,6 +22,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const MODEL_CONFIG_FILE: &str = "model.json";
 /// train: per-epoch losses and timings.
 pub const HISTORY_FILE: &str = "history.json";
+/// What a trained model is (the outputs of `train` and `scst`, the input of `caption`).
+pub const MODEL_FILES: [&str; 3] = [WEIGHTS_FILE, MODEL_CONFIG_FILE, HISTORY_FILE];
 /// caption: one generated caption per image (image, caption, log_prob).
 pub const GENERATED_CAPTIONS_FILE: &str = "captions.parquet";
 /// caption (`attention_maps: true`): per-word attention weights over the feature grid.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::contract::device::DeviceChoice;
-use crate::contract::files::{HISTORY_FILE, MODEL_CONFIG_FILE, WEIGHTS_FILE};
+use crate::contract::files::MODEL_FILES;
 use crate::stages::TORCH_WORKER;
 use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, Inputs, StageKind};
 
@@ -121,7 +121,7 @@ impl StageKind for Scst {
     }
 
     fn outputs(&self, _params: &Value) -> Vec<String> {
-        [WEIGHTS_FILE, MODEL_CONFIG_FILE, HISTORY_FILE].map(String::from).to_vec()
+        MODEL_FILES.map(String::from).to_vec()
     }
 
     fn execution(&self) -> Execution {

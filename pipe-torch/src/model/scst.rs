@@ -95,10 +95,7 @@ pub fn train_scst(
     tch::manual_seed(opts.seed as i64);
     let started = Instant::now();
     let start = dev_score(model)?;
-    log(format!(
-        "scst: dev CIDEr-D {start:.4} before fine-tuning ({:.1} s)",
-        started.elapsed().as_secs_f64()
-    ));
+    log(format!("dev CIDEr-D {start:.4} before fine-tuning ({:.1} s)", started.elapsed().as_secs_f64()));
     let mut history = ScstHistory { start_dev_cider_d: start, ..Default::default() };
     let (mut best, mut best_score, mut bad) = (snapshot(vs), start, 0);
     for epoch in 1..=opts.epochs {
@@ -122,7 +119,7 @@ pub fn train_scst(
             dev_seconds: t.elapsed().as_secs_f64() - seconds,
         };
         log(format!(
-            "scst epoch {epoch}: reward {:.4}, dev CIDEr-D {dev_cider_d:.4}, {seconds:.1} s (+{:.1} s dev)",
+            "epoch {epoch}: reward {:.4}, dev CIDEr-D {dev_cider_d:.4}, {seconds:.1} s (+{:.1} s dev)",
             record.reward, record.dev_seconds
         ));
         history.epochs.push(record);
@@ -221,7 +218,7 @@ fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::decoder::{AttentionConfig, AttentionDecoder};
+    use crate::model::decoder::AttentionDecoder;
     use crate::model::train::{torch_rng_lock, train, CaptionSet, Silent, TrainOptions};
 
     /// Four images (4-cell grids of 4 values) with one caption each, over words 4..=11.
@@ -242,18 +239,7 @@ mod tests {
         let _rng = torch_rng_lock();
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = AttentionConfig {
-            vocab_size: 12,
-            feature_dim: 4,
-            cells: 4,
-            embed: 16,
-            hidden: 32,
-            attention: 16,
-            dropout: 0.0,
-            alpha_c: 0.0,
-            max_len: 6,
-            pad_id: 0,
-        };
+        let cfg = crate::model::decoder::attention::tests::small(0.0, 0.0);
         let model = AttentionDecoder::new(&cfg, vs.root());
         let (features, captions) = data();
         let set = CaptionSet::from_lists(&captions, &[0, 1, 2, 3], 0);

@@ -521,22 +521,11 @@ mod tests {
     #[test]
     fn tiny_attention_model_overfits_and_greedy_repeats_a_training_caption() {
         use crate::model::decode::{greedy, DecodeOptions};
-        use crate::model::decoder::{AttentionConfig, AttentionDecoder};
+        use crate::model::decoder::AttentionDecoder;
         let _rng = torch_rng_lock();
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = AttentionConfig {
-            vocab_size: 12,
-            feature_dim: 4,
-            cells: 4,
-            embed: 16,
-            hidden: 32,
-            attention: 16,
-            dropout: 0.1,
-            alpha_c: 1.0,
-            max_len: 6,
-            pad_id: 0,
-        };
+        let cfg = crate::model::decoder::attention::tests::small(0.1, 1.0);
         let model = AttentionDecoder::new(&cfg, vs.root());
         let (features, set) = tiny_data(); // (4, 16): a 4-cell grid of 4 values per image
         let opts = TrainOptions {

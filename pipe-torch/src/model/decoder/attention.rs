@@ -252,6 +252,22 @@ pub(crate) mod tests {
     use super::*;
     use tch::Device;
 
+    /// A 12-word model over 4-cell grids of 4 values (the training tests' tiny data).
+    pub(crate) fn small(dropout: f64, alpha_c: f64) -> AttentionConfig {
+        AttentionConfig {
+            vocab_size: 12,
+            feature_dim: 4,
+            cells: 4,
+            embed: 16,
+            hidden: 32,
+            attention: 16,
+            dropout,
+            alpha_c,
+            max_len: 6,
+            pad_id: 0,
+        }
+    }
+
     pub(crate) fn tiny() -> AttentionConfig {
         AttentionConfig {
             vocab_size: 11,
