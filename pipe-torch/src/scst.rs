@@ -12,7 +12,7 @@ use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{caption_text, FeatureTable, TokenTable, Vocab};
 use crate::model::decode::{greedy, DecodeOptions};
 use crate::model::decoder::{CaptionDecoder, ModelConfig};
-use crate::model::scst::{train_scst, ScstImages, ScstOptions};
+use crate::model::scst::{train_scst, ScstImages};
 use pipe::contract::files::{
     artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, REFERENCE_CAPTIONS_FILE, TOKENS_FILE,
     VOCAB_FILE, WEIGHTS_FILE,
@@ -81,23 +81,14 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let matrix = features.matrix.to_device(device);
     let mut dev_score =
         |model: &dyn CaptionDecoder| dev_cider_d(model, &matrix, &dev, &decode, &vocab, device);
-    let opts = ScstOptions {
-        lr: params.lr,
-        epochs: params.epochs,
-        patience: params.patience,
-        batch_images: params.batch_images,
-        samples: params.samples,
-        baseline: params.baseline,
-        seed: params.seed,
-    };
     let images = ScstImages { feature_rows: train.feature_rows.clone(), reward: &reward };
     let history = train_scst(
         model.as_ref(),
         &vs,
-        &features.matrix,
+        &matrix,
         &images,
         &decode,
-        &opts,
+        &params,
         &words,
         &mut dev_score,
         &|line| ctx.log(line),

@@ -27,19 +27,7 @@ use super::decoder::CaptionDecoder;
 use super::optim::Stepper;
 use super::train::{restore, shuffle, snapshot};
 use pipe::metrics::cider::CiderReward;
-use pipe::stages::scst::Baseline;
-
-/// The knobs of [`train_scst`] (the kind's params, resolved).
-#[derive(Debug, Clone)]
-pub struct ScstOptions {
-    pub lr: f64,
-    pub epochs: usize,
-    pub patience: usize,
-    pub batch_images: usize,
-    pub samples: usize,
-    pub baseline: Baseline,
-    pub seed: u64,
-}
+use pipe::stages::scst::{Baseline, ScstParams};
 
 /// One line of an scst `history.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +68,7 @@ pub fn train_scst(
     features: &Tensor,
     images: &ScstImages,
     decode: &DecodeOptions,
-    opts: &ScstOptions,
+    opts: &ScstParams,
     words: &dyn Fn(&[i64]) -> Vec<String>,
     dev_score: &mut dyn FnMut(&dyn CaptionDecoder) -> Result<f64>,
     log: &dyn Fn(String),
@@ -146,7 +134,7 @@ fn step(
     images: &ScstImages,
     batch: &[usize],
     decode: &DecodeOptions,
-    opts: &ScstOptions,
+    opts: &ScstParams,
     words: &dyn Fn(&[i64]) -> Vec<String>,
     device: Device,
 ) -> Result<(f64, usize)> {
@@ -266,7 +254,7 @@ mod tests {
             let hyps = greedy(m, &m.features(&features)?, &decode)?;
             Ok(hyps.iter().enumerate().map(|(i, h)| reward.score(i, &text(&h.tokens))).sum::<f64>() / 4.0)
         };
-        let opts = ScstOptions {
+        let opts = ScstParams {
             lr: 0.01,
             epochs: 40,
             patience: 40,
@@ -274,6 +262,7 @@ mod tests {
             samples: 4,
             baseline: Baseline::Mean,
             seed: 1,
+            ..ScstParams::default()
         };
         let images = ScstImages { feature_rows: vec![0, 1, 2, 3], reward: &reward };
         let words = |ids: &[i64]| text(ids);
