@@ -100,8 +100,10 @@ impl StageKind for Scst {
         KIND
     }
 
+    /// 2: a merge model's sampling and greedy steps compute as the caption kind's version 3
+    /// does (the same words, log-probabilities that differ in the last bits).
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

@@ -176,12 +176,24 @@ pub fn beam_search(
     let mut active: Vec<usize> = (0..beams.len()).collect(); // images with live rows, in row order
     let mut tokens = Tensor::full([beams.len() as i64], opts.start_id, (Kind::Int64, device));
     let mut row_scores = vec![0f64; beams.len()];
+    let banned: Vec<bool> = (0..vocab).map(|id| opts.banned.contains(&id)).collect();
     for _ in 0..opts.max_steps {
         let (lp, next) = model.step(&tokens, &state);
-        let lp = lp + &ban;
         let live = active.iter().flat_map(|&image| beams[image].live.iter().map(|(w, _)| w.as_slice()));
-        let lp = block_repeats(lp, live, opts.block_repeats);
-        let (top_scores, top_index) = top_per_image(&lp, &row_scores, &beams, &active, width, vocab)?;
+        let k = (width as i64).min(vocab) as usize;
+        let (values, index) = if device == tch::Device::Cpu {
+            let blocked: Vec<Vec<i64>> = live.map(|words| blocked_words(words, opts.block_repeats)).collect();
+            top_k_per_row(&lp, k, &banned, &blocked)
+        } else {
+            let lp = block_repeats(lp + &ban, live, opts.block_repeats);
+            let (values, index) = lp.topk(k as i64, -1, true, true);
+            (
+                Vec::<f32>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?,
+                Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?,
+            )
+        };
+        let (top_scores, top_index) =
+            top_per_image(&values, &index, k, &row_scores, &beams, &active, width, vocab);
         let plan = advance(&mut beams, &active, &top_scores, &top_index, width, vocab, opts.end_id);
         active = plan.active;
         if plan.src_rows.is_empty() {
@@ -194,28 +206,65 @@ pub fn beam_search(
     Ok(beams.into_iter().map(|b| pick(b, length_norm)).collect())
 }
 
+/// Each row's `k` best words of log-probs `lp` (R, V) on the CPU, read in place: banned
+/// words and the row's `blocked` ones are skipped. Returns (R·k) values and word ids, each
+/// row's best first (equal values by word id); slots past the row's finite words stay -inf.
+///
+/// It gives what adding the ban vector, masking the blocked words and `topk` give on a
+/// device, without three passes over (R, V) and without torch's per-row partial sort.
+fn top_k_per_row(lp: &Tensor, k: usize, banned: &[bool], blocked: &[Vec<i64>]) -> (Vec<f32>, Vec<i64>) {
+    let lp = lp.to_kind(Kind::Float).contiguous();
+    let (rows, vocab) = (lp.size()[0] as usize, banned.len());
+    assert_eq!(lp.size(), [rows as i64, vocab as i64], "log-probs are (rows, vocabulary)");
+    // SAFETY: `lp` is a contiguous Float tensor on the CPU of rows·vocab elements, alive
+    // and unchanged until this function returns.
+    let all = unsafe { std::slice::from_raw_parts(lp.data_ptr() as *const f32, rows * vocab) };
+    let (mut values, mut index) = (vec![f32::NEG_INFINITY; rows * k], vec![0i64; rows * k]);
+    const LANES: usize = 16;
+    for (r, row) in all.chunks_exact(vocab).enumerate() {
+        let (best, ids) = (&mut values[r * k..(r + 1) * k], &mut index[r * k..(r + 1) * k]);
+        for (c, chunk) in row.chunks(LANES).enumerate() {
+            // Most chunks hold nothing above the k-th best so far: one vectorised max says so.
+            let top = chunk.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            if top <= best[k - 1] {
+                continue;
+            }
+            for (j, &v) in chunk.iter().enumerate() {
+                let word = c * LANES + j;
+                if v <= best[k - 1] || banned[word] || blocked[r].contains(&(word as i64)) {
+                    continue;
+                }
+                let at = best.iter().position(|&b| v > b).expect("v beats the k-th best");
+                best.copy_within(at..k - 1, at + 1);
+                ids.copy_within(at..k - 1, at + 1);
+                (best[at], ids[at]) = (v, word as i64);
+            }
+        }
+    }
+    (values, index)
+}
+
 /// Each active image's `width` best candidates over its live rows: (G·width) scores and
-/// flat indices (slot·V + word), host side. Missing slots score -inf.
+/// flat indices (slot·V + word), host side, from each row's `k` best words (`values`,
+/// `index`: (R·k)). Missing slots score -inf.
 ///
 /// A row's score is the same for all its words, so only a row's `width` best log-probs
-/// can be among its image's `width` best candidates: one top-k per row of `lp` (R, V),
-/// then a choice among at most width² candidates per image on the host, instead of a
-/// top-k over an (images, width·V) grid. Scores add up in f64, so a long prefix's sum does
-/// not round two candidates' different f32 log-probs into a tie (width 1 then ranks
-/// exactly as greedy does); equal scores keep the grid's order, by flat index.
+/// can be among its image's `width` best candidates: a choice among at most width²
+/// candidates per image, instead of a top-k over an (images, width·V) grid. Scores add
+/// up in f64, so a long prefix's sum does not round two candidates' different f32
+/// log-probs into a tie (width 1 then ranks exactly as greedy does); equal scores keep
+/// the grid's order, by flat index.
+#[allow(clippy::too_many_arguments)]
 fn top_per_image(
-    lp: &Tensor,
+    values: &[f32],
+    index: &[i64],
+    k: usize,
     row_scores: &[f64],
     beams: &[Beam],
     active: &[usize],
     width: usize,
     vocab: i64,
-) -> Result<(Vec<f64>, Vec<i64>)> {
-    let k = (width as i64).min(vocab);
-    let (values, index) = lp.topk(k, -1, true, true);
-    let values = Vec::<f32>::try_from(values.to_device(tch::Device::Cpu).reshape([-1]))?;
-    let index = Vec::<i64>::try_from(index.to_device(tch::Device::Cpu).reshape([-1]))?;
-    let k = k as usize;
+) -> (Vec<f64>, Vec<i64>) {
     let (mut top_scores, mut top_index) =
         (vec![f64::NEG_INFINITY; active.len() * width], vec![0; active.len() * width]);
     let mut row = 0;
@@ -234,7 +283,7 @@ fn top_per_image(
         }
         row += beams[image].live.len();
     }
-    Ok((top_scores, top_index))
+    (top_scores, top_index)
 }
 
 /// The next step's rows, host side.
@@ -340,6 +389,15 @@ fn block_repeats<'a>(mut lp: Tensor, rows: impl Iterator<Item = &'a [i64]>, n: u
     lp
 }
 
+/// The words a row must not emit next: those completing a repeated n-gram (none when n is 0).
+fn blocked_words(words: &[i64], n: usize) -> Vec<i64> {
+    if n == 0 {
+        Vec::new()
+    } else {
+        repeated_continuations(words, n)
+    }
+}
+
 /// The words that would complete an n-gram already in `words` (n ≥ 1).
 fn repeated_continuations(words: &[i64], n: usize) -> Vec<i64> {
     if words.len() < n {
@@ -419,6 +477,31 @@ mod tests {
         }
         assert_eq!(repeated_continuations(&[5, 6, 7, 5, 6], 3), [7]);
         assert_eq!(repeated_continuations(&[5, 5], 1), [5, 5]);
+    }
+
+    #[test]
+    fn host_top_k_equals_masking_and_torch_topk() {
+        let (_rng, _vs, dec) = model(5);
+        let lp = Tensor::randn([9, 30], (Kind::Float, Device::Cpu)).log_softmax(-1, Kind::Float);
+        let prefixes: Vec<Vec<i64>> = (0..9).map(|r| vec![4, 5 + r % 3, 4, 5 + r % 3, 4]).collect();
+        for (k, n) in [(1, 0), (3, 2), (5, 3), (30, 2)] {
+            let banned: Vec<bool> = (0..30).map(|id| opts().banned.contains(&id)).collect();
+            let blocked: Vec<Vec<i64>> = prefixes.iter().map(|p| blocked_words(p, n)).collect();
+            let (values, index) = top_k_per_row(&lp, k, &banned, &blocked);
+            let masked = block_repeats(
+                &lp + ban_vector(&dec, &opts(), Device::Cpu),
+                prefixes.iter().map(Vec::as_slice),
+                n,
+            );
+            let (tv, ti) = masked.topk(k as i64, -1, true, true);
+            let tv = Vec::<f32>::try_from(tv.reshape([-1])).unwrap();
+            let ti = Vec::<i64>::try_from(ti.reshape([-1])).unwrap();
+            assert_eq!(values, tv, "k {k} n {n}");
+            // Slots past the finite words hold -inf in both; only their ids may differ.
+            for ((v, a), b) in values.iter().zip(&index).zip(&ti) {
+                assert!(*v == f32::NEG_INFINITY || a == b, "k {k} n {n}");
+            }
+        }
     }
 
     #[test]
@@ -524,7 +607,7 @@ mod tests {
         let rows = ensemble.features(&feats.reshape([4, 30])).unwrap();
         let (mean, state) = ensemble.step(&tokens, &ensemble.start(&rows));
         assert!(mean.allclose(&((la + lb) / 2.0), 1e-6, 1e-6, false));
-        assert_eq!(state.select(&Tensor::from_slice(&[3i64, 0])).0[1].size()[0], 2);
+        assert_eq!(state.select(&Tensor::from_slice(&[3i64, 0])).rows[1].size()[0], 2);
         let hyps = beam_search(&ensemble, &rows, &opts(), 2, true).unwrap();
         assert_eq!(hyps.len(), 4);
     }

@@ -157,16 +157,18 @@ impl StepDecoder for AttentionDecoder {
     /// State: cells (R, L, C), keys (R, L, A), h (R, H), c (R, H).
     fn start(&self, features: &Tensor) -> DecodeState {
         let (enc, h, c) = self.encode(features, false);
-        DecodeState(vec![enc.cells, enc.keys, h, c])
+        DecodeState::of_rows(vec![enc.cells, enc.keys, h, c])
     }
 
     fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState) {
-        let [cells, keys, h, c] = &state.0[..] else { panic!("an attention decoder state has four tensors") };
+        let [cells, keys, h, c] = &state.rows[..] else {
+            panic!("an attention decoder state has four tensors")
+        };
         let enc = Encoded { cells: cells.shallow_clone(), keys: keys.shallow_clone() };
         let e = tokens.apply(&self.embed);
         let [h, c, z, _alpha] = self.advance(&enc, &e.apply(&self.lstm_word), h, c);
         let lp = self.pre_output(&e, &h, &z).apply(&self.out).log_softmax(-1, Kind::Float);
-        (lp, DecodeState(vec![enc.cells, enc.keys, h, c]))
+        (lp, DecodeState::of_rows(vec![enc.cells, enc.keys, h, c]))
     }
 
     fn attention(&self, features: &Tensor, inputs: &Tensor) -> Option<Tensor> {

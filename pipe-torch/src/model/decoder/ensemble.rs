@@ -55,37 +55,46 @@ impl StepDecoder for Ensemble {
         Ok(rows.to_kind(Kind::Float))
     }
 
-    /// The members' states one after another, each led by a marker of its length.
+    /// The members' states one after another. The first shared tensor is the layout: each
+    /// member's count of row and shared tensors (int64, on the CPU, so reading it costs no
+    /// device sync).
     fn start(&self, features: &Tensor) -> DecodeState {
-        let mut all = Vec::new();
+        let (mut layout, mut rows, mut shared) = (Vec::new(), Vec::new(), Vec::new());
         for m in &self.members {
             let own = m.features(features).expect("checked by Ensemble::features");
             let state = m.start(&own);
-            all.push(Tensor::zeros(
-                [features.size()[0], state.0.len() as i64],
-                (Kind::Int8, features.device()),
-            ));
-            all.extend(state.0);
+            layout.extend([state.rows.len() as i64, state.shared.len() as i64]);
+            rows.extend(state.rows);
+            shared.extend(state.shared);
         }
-        DecodeState(all)
+        shared.insert(0, Tensor::from_slice(&layout));
+        DecodeState { rows, shared }
     }
 
     fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState) {
-        let (mut sum, mut next, mut at) = (None::<Tensor>, Vec::with_capacity(state.0.len()), 0);
-        for m in &self.members {
-            let marker = &state.0[at];
-            let len = marker.size()[1] as usize;
-            let own = DecodeState(state.0[at + 1..at + 1 + len].iter().map(Tensor::shallow_clone).collect());
+        let layout =
+            Vec::<i64>::try_from(&state.shared[0]).expect("an ensemble state starts with its layout");
+        let mut next = DecodeState { rows: Vec::new(), shared: vec![state.shared[0].shallow_clone()] };
+        let (mut sum, mut row_at, mut shared_at) = (None::<Tensor>, 0, 1);
+        for (m, counts) in self.members.iter().zip(layout.chunks(2)) {
+            let (row_len, shared_len) = (counts[0] as usize, counts[1] as usize);
+            let own = DecodeState {
+                rows: state.rows[row_at..row_at + row_len].iter().map(Tensor::shallow_clone).collect(),
+                shared: state.shared[shared_at..shared_at + shared_len]
+                    .iter()
+                    .map(Tensor::shallow_clone)
+                    .collect(),
+            };
             let (lp, own_next) = m.step(tokens, &own);
             sum = Some(match sum {
                 None => lp,
                 Some(s) => s + lp,
             });
-            next.push(marker.shallow_clone());
-            next.extend(own_next.0);
-            at += 1 + len;
+            next.rows.extend(own_next.rows);
+            next.shared.extend(own_next.shared);
+            (row_at, shared_at) = (row_at + row_len, shared_at + shared_len);
         }
         let mean = sum.expect("an ensemble has members") / self.members.len() as f64;
-        (mean, DecodeState(next))
+        (mean, next)
     }
 }

@@ -48,6 +48,8 @@ pub struct MergeDecoder {
     image: nn::Linear,
     pub(crate) embed: nn::Embedding,
     lstm: nn::LSTM,
+    /// The LSTM's own weights (w_ih, w_hh, b_ih, b_hh), shared with `lstm`, for one-step decoding.
+    cell: [Tensor; 4],
     /// Only when `embed != hidden`: maps `v` to the LSTM width for the merge.
     merge: Option<nn::Linear>,
     fc: nn::Linear,
@@ -73,11 +75,18 @@ impl MergeDecoder {
         // PyTorch zeroes the padding row at construction; the peer relies on that.
         let _ = tch::no_grad(|| embed.ws.get(cfg.pad_id).zero_());
         let merge = (cfg.embed != cfg.hidden).then(|| torch_linear(&vs / "merge", cfg.embed, cfg.hidden));
+        // Created in the order that draws the initial weights as before (image, then lstm).
+        let image = torch_linear(&vs / "image", cfg.feature_dim, cfg.embed);
+        let lstm = nn::lstm(&vs / "lstm", cfg.embed, cfg.hidden, lstm_cfg);
+        let lstm_vars = &vs / "lstm";
+        let cell = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+            .map(|name| lstm_vars.get(name).expect("nn::lstm names its weights this way"));
         Self {
             cfg: cfg.clone(),
-            image: torch_linear(&vs / "image", cfg.feature_dim, cfg.embed),
+            image,
             embed,
-            lstm: nn::lstm(&vs / "lstm", cfg.embed, cfg.hidden, lstm_cfg),
+            lstm,
+            cell,
             merge,
             fc: torch_linear(&vs / "fc", cfg.hidden, cfg.dense),
             out: torch_linear(&vs / "out", cfg.dense, cfg.vocab_size),
@@ -123,18 +132,25 @@ impl MergeDecoder {
     }
 
     /// Starts decoding: features (B, D) → merge vectors (B, H) and the state after the image step.
-    pub fn init_state(&self, features: &Tensor) -> (Tensor, DecoderState) {
+    fn init_state(&self, features: &Tensor) -> (Tensor, DecoderState) {
         let v = self.image_vector(features);
         let (_, state) = self.lstm.seq(&v.unsqueeze(1));
         (self.merge_vector(&v), state)
     }
 
-    /// One decoding step: tokens (B,) int64, merge vectors (B, H), state → log-probs (B, V)
-    /// and the new state. Always in eval mode (no dropout).
-    pub fn lstm_step(&self, tokens: &Tensor, m: &Tensor, state: &DecoderState) -> (Tensor, DecoderState) {
-        let (h, state) = self.lstm.seq_init(&tokens.apply(&self.embed).unsqueeze(1), state);
-        let logits = self.head(&h.squeeze_dim(1), m, false);
-        (logits.log_softmax(-1, Kind::Float), state)
+    /// The input half of every token's LSTM gates, emb(token)·W_ihᵀ + b_ih + b_hh (V, 4H):
+    /// a decoding step gathers its rows instead of multiplying (R, E) by W_ih.
+    fn gate_table(&self) -> Tensor {
+        let [w_ih, _, b_ih, b_hh] = &self.cell;
+        self.embed.ws.linear(w_ih, Some(b_ih)) + b_hh
+    }
+
+    /// One LSTM step from the input gates (R, 4H): (h, c) → (h', c'), PyTorch's gate order i, f, g, o.
+    fn cell_step(&self, input_gates: &Tensor, h: &Tensor, c: &Tensor) -> (Tensor, Tensor) {
+        let gates = input_gates.addmm(h, &self.cell[1].tr()).chunk(4, 1);
+        let c = gates[1].sigmoid() * c + gates[0].sigmoid() * gates[2].tanh();
+        let h = gates[3].sigmoid() * c.tanh();
+        (h, c)
     }
 }
 
@@ -158,17 +174,23 @@ impl StepDecoder for MergeDecoder {
         Ok(if width == d { rows } else { rows.view([n, width / d, d]).mean_dim(1, false, Kind::Float) })
     }
 
-    /// State: merge vectors (R, H), LSTM h (R, H) and c (R, H).
+    /// State: merge vectors (R, H), LSTM h (R, H) and c (R, H); shared, the gate table.
     fn start(&self, features: &Tensor) -> DecodeState {
         let (m, state) = self.init_state(features);
-        DecodeState(vec![m, state.h().squeeze_dim(0), state.c().squeeze_dim(0)])
+        DecodeState {
+            rows: vec![m, state.h().squeeze_dim(0), state.c().squeeze_dim(0)],
+            shared: vec![self.gate_table()],
+        }
     }
 
+    /// Always in eval mode (no dropout).
     fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState) {
-        let [m, h, c] = &state.0[..] else { panic!("a merge decoder state has three tensors") };
-        let lstm = nn::LSTMState((h.unsqueeze(0), c.unsqueeze(0)));
-        let (lp, next) = self.lstm_step(tokens, m, &lstm);
-        (lp, DecodeState(vec![m.shallow_clone(), next.h().squeeze_dim(0), next.c().squeeze_dim(0)]))
+        let ([m, h, c], [table]) = (&state.rows[..], &state.shared[..]) else {
+            panic!("a merge decoder state has three row tensors and its gate table")
+        };
+        let (h, c) = self.cell_step(&table.index_select(0, tokens), h, c);
+        let lp = self.head(&h, m, false).log_softmax(-1, Kind::Float);
+        (lp, DecodeState { rows: vec![m.shallow_clone(), h, c], shared: vec![table.shallow_clone()] })
     }
 }
 
@@ -221,9 +243,8 @@ pub(crate) mod tests {
         assert_eq!(dec.forward_t(&feats, &inputs, true).size(), [3, 3, 11]);
         let (h, m) = dec.hidden_states(&feats, &inputs);
         assert_eq!((h.size(), m.size()), (vec![3, 3, 8], vec![3, 8]));
-        let (m, state) = dec.init_state(&feats);
-        let (lp, state) = dec.lstm_step(&inputs.select(1, 0), &m, &state);
-        assert_eq!((lp.size(), state.h().size()), (vec![3, 11], vec![1, 3, 8]));
+        let (lp, state) = dec.step(&inputs.select(1, 0), &dec.start(&feats));
+        assert_eq!((lp.size(), state.rows[1].size()), (vec![3, 11], vec![3, 8]));
         let total = lp.exp().sum_dim_intlist(-1, false, Kind::Float);
         assert!(total.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
     }
@@ -237,9 +258,9 @@ pub(crate) mod tests {
         let feats = Tensor::randn([2, 6], (Kind::Float, Device::Cpu));
         let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
         let full = dec.forward_t(&feats, &inputs, false).log_softmax(-1, Kind::Float);
-        let (m, mut state) = dec.init_state(&feats);
+        let mut state = dec.start(&feats);
         for t in 0..3 {
-            let (lp, next) = dec.lstm_step(&inputs.select(1, t), &m, &state);
+            let (lp, next) = dec.step(&inputs.select(1, t), &state);
             assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
             state = next;
         }

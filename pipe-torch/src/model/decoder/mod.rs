@@ -64,14 +64,27 @@ pub trait CaptionDecoder: StepDecoder {
     ) -> (Tensor, Option<Tensor>);
 }
 
-/// A decoder's per-row state between steps; every tensor has its rows on dimension 0, so
-/// beam search can keep, drop and copy rows without knowing what they hold.
-pub struct DecodeState(pub Vec<Tensor>);
+/// A decoder's state between steps. Every tensor of `rows` has one row per live
+/// hypothesis on dimension 0, so beam search can keep, drop and copy rows without knowing
+/// what they hold; `shared` holds what the decoder computed once per decode for all rows
+/// (e.g. a lookup table), which selecting rows leaves as it is.
+pub struct DecodeState {
+    pub rows: Vec<Tensor>,
+    pub shared: Vec<Tensor>,
+}
 
 impl DecodeState {
+    /// A state of per-row tensors only.
+    pub fn of_rows(rows: Vec<Tensor>) -> Self {
+        Self { rows, shared: Vec::new() }
+    }
+
     /// Keeps rows `index` (int64, on the state's device), in that order.
     pub fn select(&self, index: &Tensor) -> Self {
-        Self(self.0.iter().map(|t| t.index_select(0, index)).collect())
+        Self {
+            rows: self.rows.iter().map(|t| t.index_select(0, index)).collect(),
+            shared: self.shared.iter().map(Tensor::shallow_clone).collect(),
+        }
     }
 }
 
