@@ -56,12 +56,18 @@ enum Command {
         #[arg(long)]
         dot: bool,
     },
-    /// Remove store artifacts that the lock file does not reference.
+    /// Remove store artifacts that no lock file and no recorded experiment references.
     Gc {
         /// Only list what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Keep only what lock files reference: recorded experiments lose their artifacts.
+        #[arg(long)]
+        ignore_experiments: bool,
     },
+    /// Recorded experiments: every completed `pipe run` (and each point of a sweep).
+    #[command(subcommand)]
+    Exp(ExpCommand),
     /// Rehash every artifact in the store and report damaged ones.
     Verify {
         /// Delete damaged artifacts, so that `pipe run` recomputes them.
@@ -83,6 +89,31 @@ enum Command {
     Caption(crate::cli_caption::CaptionArgs),
 }
 
+#[derive(Subcommand)]
+enum ExpCommand {
+    /// Every experiment of this pipeline file: its params (the -S and --sweep values),
+    /// metrics, time and whether its artifacts are still in the store.
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: crate::cli_exp::ShowFormat,
+        /// Shorthand for --format csv.
+        #[arg(long, conflicts_with = "format")]
+        csv: bool,
+        /// Shorthand for --format json.
+        #[arg(long, conflicts_with_all = ["format", "csv"])]
+        json: bool,
+    },
+    /// Make an experiment the current run: rerun the pipeline with its params (cache hits
+    /// while its artifacts are in the store), so the lock file and data/out show it.
+    Apply {
+        name: String,
+        /// Independent stages to run at once.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+    },
+}
+
 #[derive(Args)]
 struct RunArgs {
     /// Stages to run (with their upstream stages). Default: all.
@@ -102,6 +133,14 @@ struct RunArgs {
     /// Fail at once if another pipe holds the workspace, instead of waiting.
     #[arg(long)]
     no_wait: bool,
+    /// Run a grid of settings: KEY=V1,V2,… (repeatable; every combination runs, one after
+    /// another, each recorded as an experiment; the workspace ends at the last one).
+    #[arg(long, value_name = "KEY=V1,V2")]
+    sweep: Vec<String>,
+    /// Name the recorded experiment (sweep points get NAME-1, NAME-2, …). Default: a
+    /// name derived from the stages' fingerprints.
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -150,25 +189,32 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
     };
     match cli.command {
         Command::Run(args) => {
-            let pipeline = load(&args.set)?;
             let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait, &reporter)?) };
-            let started = std::time::Instant::now();
             let options = RunOptions {
                 targets: args.stages,
                 force: args.force,
                 dry_run: args.dry_run,
                 jobs: args.jobs,
             };
-            let outcomes = Runner::new(&workspace, &pipeline, reporter.clone())?.run(&options)?;
-            if !args.dry_run {
-                let ran = outcomes.iter().filter(|o| o.ran).count();
-                eprintln!(
-                    "{} stages: {ran} ran, {} cached, in {:.2}s. Outputs: {}",
-                    outcomes.len(),
-                    outcomes.len() - ran,
-                    started.elapsed().as_secs_f64(),
-                    display_relative(&workspace.views_dir(), &workspace.root)
-                );
+            if args.sweep.is_empty() {
+                crate::cli_exp::run_and_record(
+                    &workspace,
+                    &load,
+                    &args.set,
+                    &options,
+                    args.name.as_deref(),
+                    &reporter,
+                )?;
+            } else {
+                crate::cli_exp::sweep(
+                    &workspace,
+                    &load,
+                    &args.set,
+                    &args.sweep,
+                    &options,
+                    args.name.as_deref(),
+                    &reporter,
+                )?;
             }
             Ok(exit::OK)
         }
@@ -180,9 +226,24 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             let pipeline = load(&[])?;
             print_dag(&pipeline, dot)
         }
-        Command::Gc { dry_run } => {
+        Command::Gc { dry_run, ignore_experiments } => {
             let _lock = workspace.lock(true, &reporter)?;
-            gc(&workspace, dry_run, reporter)
+            gc(&workspace, dry_run, ignore_experiments, reporter)
+        }
+        Command::Exp(ExpCommand::Show { format, csv, json }) => {
+            use crate::cli_exp::ShowFormat;
+            let format = if csv {
+                ShowFormat::Csv
+            } else if json {
+                ShowFormat::Json
+            } else {
+                format
+            };
+            crate::cli_exp::show(&workspace, format, &reporter)
+        }
+        Command::Exp(ExpCommand::Apply { name, jobs }) => {
+            let _lock = workspace.lock(true, &reporter)?;
+            crate::cli_exp::apply(&workspace, &load, &name, jobs, &reporter)
         }
         Command::Verify { remove } => {
             let _lock = workspace.lock(true, &reporter)?;
@@ -214,7 +275,7 @@ fn hash(paths: &[PathBuf]) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn display_relative(path: &Path, root: &Path) -> String {
+pub(crate) fn display_relative(path: &Path, root: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).display().to_string()
 }
 
@@ -258,9 +319,12 @@ fn print_dag(pipeline: &Pipeline, dot: bool) -> Result<u8> {
     Ok(exit::OK)
 }
 
-fn gc(workspace: &Workspace, dry_run: bool, reporter: Reporter) -> Result<u8> {
+fn gc(workspace: &Workspace, dry_run: bool, ignore_experiments: bool, reporter: Reporter) -> Result<u8> {
     let store = Store::new(workspace.store_dir(), reporter);
-    let referenced = referenced_fingerprints(workspace)?;
+    let mut referenced = referenced_fingerprints(workspace)?;
+    if !ignore_experiments {
+        referenced.extend(crate::cli_exp::referenced(workspace)?);
+    }
     let mut freed = 0;
     let mut removed = 0;
     for fingerprint in store.list()? {

@@ -17,7 +17,7 @@ use pipe_engine::workspace::Workspace;
 const METRICS_FILE: &str = "metrics.json";
 
 /// `stage → (metric → value)` for every metrics output the lock file names.
-type MetricTable = BTreeMap<String, BTreeMap<String, Value>>;
+pub(crate) type MetricTable = BTreeMap<String, BTreeMap<String, Value>>;
 
 pub fn show(workspace: &Workspace, diff: Option<&str>, reporter: Reporter) -> Result<u8> {
     let store = Store::new(workspace.store_dir(), reporter.clone());
@@ -35,7 +35,7 @@ pub fn show(workspace: &Workspace, diff: Option<&str>, reporter: Reporter) -> Re
     Ok(0)
 }
 
-fn collect(lock: &LockFile, store: &Store, reporter: &Reporter) -> Result<MetricTable> {
+pub(crate) fn collect(lock: &LockFile, store: &Store, reporter: &Reporter) -> Result<MetricTable> {
     let mut table = MetricTable::new();
     for (stage, locked) in &lock.stages {
         if !locked.outs.contains_key(METRICS_FILE) {

@@ -12,4 +12,5 @@ pub mod stages;
 
 pub mod cli;
 mod cli_caption;
+mod cli_exp;
 mod cli_metrics;

@@ -300,7 +300,9 @@ fn gc_removes_unreferenced_and_verify_finds_damage() {
     let project = chain();
     project.ok(&["run"]);
     project.ok(&["run", "-S", "b.tag=other"]);
-    let gc = project.ok(&["gc"]);
+    // The first run is a recorded experiment: plain gc keeps its artifacts.
+    assert!(project.ok(&["gc"]).contains("0 unreferenced artifacts"));
+    let gc = project.ok(&["gc", "--ignore-experiments"]);
     assert!(gc.contains("2 unreferenced artifacts"), "{gc}");
     assert!(project.ok(&["run", "-S", "b.tag=other"]).contains("0 ran"));
 
@@ -323,4 +325,90 @@ fn dag_prints_text_and_dot() {
     assert!(text.contains("b (test-concat) <- up=a/out.txt"), "{text}");
     let dot = project.ok(&["dag", "--dot"]);
     assert!(dot.contains("\"a\" -> \"b\""), "{dot}");
+}
+
+/// `a` feeds `score`, whose metrics.json holds `value` = the top-level `scale` param.
+const SCORED: &str = r#"
+params:
+  scale: 1
+stages:
+  a:
+    kind: test-concat
+    deps: {src: input.txt}
+    params: {tag: "s${scale}"}
+  score:
+    kind: cmd
+    cmd: "printf '{\"value\": %s}' \"${SCALE#v}\" > \"$PIPE_OUT/metrics.json\""
+    deps: {up: a/out.txt}
+    outs: [metrics.json]
+    params: {env: {SCALE: "v${scale}"}}
+"#;
+
+fn scored() -> Project {
+    let project = Project::new(SCORED);
+    project.write("input.txt", "first");
+    project
+}
+
+#[test]
+fn runs_are_recorded_and_a_sweep_runs_every_point_once() {
+    let project = scored();
+    let missing = project.pipe(&["exp", "show"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no experiments recorded"));
+
+    project.ok(&["run", "--name", "base"]);
+    let out = project.ok(&["run", "--sweep", "params.scale=1,2,3", "--sweep", "a.tag=x,y"]);
+    assert_eq!(out.matches("sweep ").count(), 6, "{out}");
+    // Six points, but `a` reads only its tag (a.tag replaces "s${scale}"): it runs once
+    // per tag, and each point reuses it.
+    assert_eq!(project.runs().len(), 1 + 2, "{:?}", project.runs());
+    // The workspace ends at the last point.
+    assert!(project.read("data/out/a/out.txt").contains("tag=y"));
+
+    let csv = project.ok(&["exp", "show", "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "experiment,finished,seconds,params,score.value,in store", "{csv}");
+    assert_eq!(lines.len(), 1 + 7, "{csv}");
+    assert!(lines[1].starts_with("base,") && lines[1].contains(",-,1,yes"), "{csv}");
+    assert!(csv.contains(",a.tag=y params.scale=3,3,yes"), "{csv}");
+
+    let json: serde_json::Value = serde_json::from_str(&project.ok(&["exp", "show", "--json"])).unwrap();
+    let points = json.as_array().unwrap();
+    assert_eq!(points.len(), 7);
+    assert!(points.iter().all(|p| p["in_store"] == "yes" && p["stages"]["score"]["fingerprint"].is_string()));
+
+    // Rerunning a recorded setting is a cache hit and keeps one row per experiment.
+    let again = project.ok(&["run", "-S", "params.scale=2", "-S", "a.tag=x"]);
+    assert!(again.contains("0 ran, 2 cached"), "{again}");
+    assert_eq!(project.ok(&["exp", "show", "--csv"]).lines().count(), 1 + 7);
+}
+
+#[test]
+fn apply_restores_an_experiment_and_gc_keeps_what_experiments_reference() {
+    let project = scored();
+    project.ok(&["run", "--name", "one"]);
+    project.ok(&["run", "-S", "params.scale=5", "--name", "five"]);
+    assert!(project.read("data/out/score/metrics.json").contains("5"));
+
+    // gc keeps `one`'s artifacts although the lock now names `five`'s.
+    let gc = project.ok(&["gc"]);
+    assert!(gc.starts_with("0 unreferenced"), "{gc}");
+    let applied = project.ok(&["exp", "apply", "one"]);
+    assert!(applied.contains("applied `one`") && applied.contains("0 ran, 2 cached"), "{applied}");
+    assert!(project.read("data/out/score/metrics.json").contains("1"));
+    assert!(project.read("pipe.lock").contains("SCALE: v1"));
+
+    // Without the experiments' references, `five` goes, and applying it runs again.
+    let gc = project.ok(&["gc", "--ignore-experiments"]);
+    assert!(gc.starts_with("2 unreferenced"), "{gc}");
+    assert!(project.ok(&["exp", "show"]).contains("no"));
+    let back = project.ok(&["exp", "apply", "five"]);
+    assert!(back.contains("a, score ran again"), "{back}");
+
+    let unknown = project.pipe(&["exp", "apply", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("recorded: one, five"));
+    let bad = project.pipe(&["run", "--sweep", "a.nope=1,2"]);
+    assert_eq!(bad.status.code(), Some(2), "an invalid key stops the sweep at once");
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).matches("sweep ").count(), 1);
 }

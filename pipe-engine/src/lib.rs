@@ -4,9 +4,11 @@
 //! and the engine names none of them.
 //!
 //! Data flows one way: YAML → [`spec`] (a validated [`spec::Pipeline`] with its
-//! [`dag::Dag`]) → [`runner`] → a kind → [`store`] → [`lockfile`].
+//! [`dag::Dag`]) → [`runner`] → a kind → [`store`] → [`lockfile`]; completed runs are
+//! recorded in the [`experiments`] log.
 
 pub mod dag;
+pub mod experiments;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod hashing;

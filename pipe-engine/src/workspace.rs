@@ -49,6 +49,11 @@ impl Workspace {
         self.data_dir().join(".pipe")
     }
 
+    /// The experiment log (`pipe exp show`).
+    pub fn experiments_path(&self) -> PathBuf {
+        self.state_dir().join("experiments.jsonl")
+    }
+
     pub fn stat_cache_path(&self) -> PathBuf {
         self.state_dir().join("stat-cache.bin")
     }
