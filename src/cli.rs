@@ -87,6 +87,9 @@ enum Command {
     },
     /// Caption a few images as the pipeline's `caption` stage would (its model and settings).
     Caption(crate::cli_caption::CaptionArgs),
+    /// A local web app and HTTP API over the trained models: caption your own photos,
+    /// browse a scored gallery, compare experiments (see the README for the API).
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -251,6 +254,10 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
         }
         Command::Hash { paths } => hash(&paths),
         Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref(), reporter),
+        Command::Serve(args) => {
+            let pipeline = load(&[])?;
+            crate::serve::run(&workspace, &pipeline, &args)
+        }
         Command::Caption(args) => {
             let pipeline = load(&[])?;
             let results = Results::open(&workspace, &pipeline, reporter)?;

@@ -37,13 +37,13 @@ pub struct CaptionArgs {
 }
 
 /// What the worker needs, resolved from the lock file and store.
-struct Resolved {
+pub(crate) struct Resolved {
     /// One, or an ensemble's members in order.
-    model_dirs: Vec<PathBuf>,
-    vocab: PathBuf,
-    backbone: PathBuf,
-    precision: Precision,
-    params: CaptionParams,
+    pub model_dirs: Vec<PathBuf>,
+    pub vocab: PathBuf,
+    pub backbone: PathBuf,
+    pub precision: Precision,
+    pub params: CaptionParams,
 }
 
 pub fn run(results: &Results, pipeline: &Pipeline, args: &CaptionArgs) -> Result<u8> {
@@ -97,7 +97,7 @@ fn caption_stage<'a>(
         .ok_or_else(|| anyhow!("{} has no `{}` stage", pipeline.file.display(), caption::KIND))
 }
 
-fn resolve(results: &Results, stage: &StageSpec) -> Result<Resolved> {
+pub(crate) fn resolve(results: &Results, stage: &StageSpec) -> Result<Resolved> {
     let params: CaptionParams =
         parse_params(&stage.params).with_context(|| format!("stage {}", stage.name))?;
     let model_dirs = MODEL_INPUTS

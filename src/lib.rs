@@ -14,3 +14,4 @@ pub mod cli;
 mod cli_caption;
 mod cli_exp;
 mod cli_metrics;
+mod serve;

@@ -2,40 +2,20 @@
 //! through the `pipe` binary in a temp directory as a user would.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+mod common;
+use common::{alive, chromium, pipe, project, repo, worker_of};
 
 /// Smaller than the default so the suite stays inside the CI budget on 2 cores.
 const REDUCED: &[&str] = &["-S", "synth.images=400", "-S", "train.epochs=12", "-S", "caption.beam_width=3"];
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn pipe(root: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_pipe")).args(args).current_dir(root).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-    assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
-    text
-}
 
 fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["run"];
     args.extend_from_slice(REDUCED);
     args.extend_from_slice(extra);
     args
-}
-
-/// A project holding the repository's pipeline.yaml and its exported backbone.
-fn project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fs::copy(repo().join("pipeline.yaml"), dir.path().join("pipeline.yaml")).unwrap();
-    let models = dir.path().join("data/models");
-    fs::create_dir_all(&models).unwrap();
-    let backbone = repo().join("data/models/efficientnet_lite0");
-    assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
-    std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
-    dir
 }
 
 fn ran_stages(output: &str) -> Vec<String> {
@@ -209,13 +189,6 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|name| {
-        let out = Command::new("which").arg(name).output().ok()?;
-        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-}
-
 /// Renders the report headless; a probe script appended to a copy of the page reports
 /// broken images, and the metrics shown must equal metrics.json.
 fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
@@ -263,24 +236,6 @@ fn check_report_in_chromium(report: &Path, metrics: &serde_json::Value) {
         let shown = format!("{:.4}", metrics[key].as_f64().unwrap());
         assert!(dom.contains(&format!("<td>{shown}</td>")), "{key} = {shown} not shown in the report");
     }
-}
-
-/// The pid of a `pipe-torch` worker whose parent is `parent`, if one runs.
-fn worker_of(parent: u32) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
-        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
-        // stat: "pid (comm) state ppid ...": the fields after the last ')'.
-        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
-        (comm.trim() == "pipe-torch" && ppid == parent).then_some(pid)
-    })
-}
-
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z")
-    })
 }
 
 #[test]

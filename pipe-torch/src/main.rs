@@ -24,6 +24,12 @@ enum WorkerCommand {
     Stage,
     /// Caption images with a trained model (the work behind `pipe caption`).
     Caption(CaptionImagesArgs),
+    /// Serve caption requests on stdin/stdout (the worker behind `pipe serve`).
+    Serve {
+        /// The models to load (a `pipe::contract::serve::ServeConfig`, JSON).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 /// What `pipe caption` hands the worker: paths it resolved from the lock file.
@@ -51,14 +57,27 @@ fn main() -> ExitCode {
     pipe_torch::memory::keep_freed_memory_in_the_heap();
     match Cli::parse().command {
         WorkerCommand::Stage => pipe_engine::worker::serve_stage(pipe_torch::stage_run),
-        WorkerCommand::Caption(args) => match caption(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+        WorkerCommand::Caption(args) => report(caption(&args)),
+        WorkerCommand::Serve { config } => report(serve(&config)),
     }
+}
+
+fn report(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let config: pipe::contract::serve::ServeConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    pipe_torch::caption::serve::serve(&config, &mut stdin.lock(), &mut stdout.lock())
 }
 
 /// Prints one tab-separated line per image: path, caption, log-probability.

@@ -7,4 +7,5 @@
 pub mod attention;
 pub mod device;
 pub mod files;
+pub mod serve;
 pub mod tables;

@@ -106,14 +106,14 @@ pub struct ReportInputs<'a> {
 }
 
 /// The part of history.json the chart needs (other fields are ignored).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossHistory {
     pub epochs: Vec<EpochLoss>,
     #[serde(default)]
     pub best_epoch: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLoss {
     pub epoch: usize,
     pub train_loss: f64,

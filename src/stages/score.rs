@@ -24,6 +24,7 @@ use crate::metrics::{self, CaptionSet, Convention, Scores};
 use pipe_engine::fsutil::{write_atomic, write_json_atomic};
 use pipe_engine::stage::{normalize_typed, InputSpec, Inputs, StageContext, StageKind};
 
+pub const KIND: &str = "score";
 pub const METRICS_FILE: &str = "metrics.json";
 pub const METRICS_MARKDOWN: &str = "metrics.md";
 
@@ -49,7 +50,7 @@ pub struct Score;
 
 impl StageKind for Score {
     fn name(&self) -> &'static str {
-        "score"
+        KIND
     }
 
     fn version(&self) -> u32 {

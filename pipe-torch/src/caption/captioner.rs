@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
 use crate::model::data::{caption_text, Vocab};
-use crate::model::decode::{beam_search, greedy, DecodeOptions, Hypothesis};
+use crate::model::decode::{beam_search, beam_search_ranked, greedy, DecodeOptions, Hypothesis};
 use crate::model::decoder::{Ensemble, ModelConfig, StepDecoder};
 use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
 use pipe::stages::caption::{CaptionParams, DecoderKind};
@@ -117,19 +117,40 @@ impl CaptionModel {
 
     /// [`Self::caption`] as word ids.
     pub fn decode(&self, features: &Tensor, settings: &DecodeSettings) -> Result<Vec<Hypothesis>> {
+        self.decode_batches(features, settings, |decoder, batch, opts| match settings.decoder {
+            DecoderKind::Greedy => greedy(decoder, batch, opts),
+            DecoderKind::Beam => beam_search(decoder, batch, opts, settings.beam_width, settings.length_norm),
+        })
+    }
+
+    /// Every hypothesis of each image's beam, best first (one, greedily).
+    pub fn decode_ranked(
+        &self,
+        features: &Tensor,
+        settings: &DecodeSettings,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
+        self.decode_batches(features, settings, |decoder, batch, opts| match settings.decoder {
+            DecoderKind::Greedy => Ok(greedy(decoder, batch, opts)?.into_iter().map(|h| vec![h]).collect()),
+            DecoderKind::Beam => {
+                beam_search_ranked(decoder, batch, opts, settings.beam_width, settings.length_norm)
+            }
+        })
+    }
+
+    /// Runs `decode` over `settings.batch_size` images at a time.
+    fn decode_batches<T>(
+        &self,
+        features: &Tensor,
+        settings: &DecodeSettings,
+        decode: impl Fn(&dyn StepDecoder, &Tensor, &DecodeOptions) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
         let opts = self.options(settings);
         let n = features.size()[0];
         let mut out = Vec::with_capacity(n as usize);
         for start in (0..n).step_by(settings.batch_size.max(1)) {
             let rows = features.narrow(0, start, (settings.batch_size as i64).min(n - start));
             let batch = self.decoder.features(&rows.to_device(self.device()))?;
-            let decoder = self.decoder.as_ref();
-            out.extend(match settings.decoder {
-                DecoderKind::Greedy => greedy(decoder, &batch, &opts)?,
-                DecoderKind::Beam => {
-                    beam_search(decoder, &batch, &opts, settings.beam_width, settings.length_norm)?
-                }
-            });
+            out.extend(decode(self.decoder.as_ref(), &batch, &opts)?);
         }
         Ok(out)
     }

@@ -4,6 +4,7 @@
 
 mod archive;
 mod captioner;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -165,6 +165,21 @@ pub fn beam_search(
     width: usize,
     length_norm: bool,
 ) -> Result<Vec<Hypothesis>> {
+    Ok(beam_search_ranked(model, features, opts, width, length_norm)?
+        .into_iter()
+        .map(|ranked| ranked.into_iter().next().expect("a beam always has a hypothesis"))
+        .collect())
+}
+
+/// [`beam_search`], keeping every finished hypothesis of each image's beam, best first
+/// (the first is [`beam_search`]'s pick).
+pub fn beam_search_ranked(
+    model: &dyn StepDecoder,
+    features: &Tensor,
+    opts: &DecodeOptions,
+    width: usize,
+    length_norm: bool,
+) -> Result<Vec<Vec<Hypothesis>>> {
     ensure!(width >= 1, "beam width must be at least 1");
     let _guard = tch::no_grad_guard();
     let device = features.device();
@@ -203,7 +218,7 @@ pub fn beam_search(
         tokens = Tensor::from_slice(&plan.tokens).to_device(device);
         row_scores = plan.scores;
     }
-    Ok(beams.into_iter().map(|b| pick(b, length_norm)).collect())
+    Ok(beams.into_iter().map(|b| ranked(b, length_norm)).collect())
 }
 
 /// Each row's `k` best words of log-probs `lp` (R, V) on the CPU, read in place: banned
@@ -340,8 +355,10 @@ fn advance(
     plan
 }
 
-/// The final choice for one image (the first best wins ties, like Python's `max`).
-fn pick(beam: Beam, length_norm: bool) -> Hypothesis {
+/// One image's hypotheses, best first: the finished ones (or the live ones when none
+/// finished), by raw or length-normalised log-probability. The sort is stable, so the
+/// first best wins ties, like Python's `max`.
+fn ranked(beam: Beam, length_norm: bool) -> Vec<Hypothesis> {
     let done = if beam.done.is_empty() {
         beam.live
             .into_iter()
@@ -354,14 +371,9 @@ fn pick(beam: Beam, length_norm: bool) -> Hypothesis {
         beam.done
     };
     let key = |d: &(Vec<i64>, f64, usize)| if length_norm { d.1 / d.2.max(1) as f64 } else { d.1 };
-    let mut best = 0;
-    for (i, d) in done.iter().enumerate() {
-        if key(d) > key(&done[best]) {
-            best = i;
-        }
-    }
-    let (tokens, score, _) = done.into_iter().nth(best).expect("a beam always has a hypothesis");
-    Hypothesis { tokens, log_prob: score }
+    let mut done: Vec<_> = done.into_iter().map(|d| (key(&d), d)).collect();
+    done.sort_by(|a, b| b.0.total_cmp(&a.0));
+    done.into_iter().map(|(_, (tokens, log_prob, _))| Hypothesis { tokens, log_prob }).collect()
 }
 
 /// Sets log-probs (R, V) to -inf where the row's next word would repeat an n-gram of

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests that drive the `pipe` binary.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `pipe` in `root`, asserts success, returns stderr + stdout.
+pub fn pipe(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pipe")).args(args).current_dir(root).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "pipe {args:?} failed:\n{text}");
+    text
+}
+
+/// A project holding the repository's pipeline.yaml and its exported backbone.
+pub fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(repo().join("pipeline.yaml"), dir.path().join("pipeline.yaml")).unwrap();
+    let models = dir.path().join("data/models");
+    fs::create_dir_all(&models).unwrap();
+    let backbone = repo().join("data/models/efficientnet_lite0");
+    assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
+    std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
+    dir
+}
+
+/// The first of `names` found on PATH.
+pub fn which(names: &[&str]) -> Option<PathBuf> {
+    names.iter().find_map(|name| {
+        let out = Command::new("which").arg(name).output().ok()?;
+        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+}
+
+pub fn chromium() -> Option<PathBuf> {
+    which(&["chromium", "chromium-browser", "google-chrome"])
+}
+
+/// The pid of a `pipe-torch` worker whose parent is `parent`, if one runs.
+pub fn worker_of(parent: u32) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let comm = fs::read_to_string(entry.path().join("comm")).ok()?;
+        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+        // stat: "pid (comm) state ppid ...": the fields after the last ')'.
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        (comm.trim() == "pipe-torch" && ppid == parent).then_some(pid)
+    })
+}
+
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z")
+    })
+}
