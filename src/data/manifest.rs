@@ -137,16 +137,21 @@ pub fn probe_images(
         .collect()
 }
 
+/// An image's width and height from its header alone (nothing is decoded).
+pub fn header_dimensions(bytes: &[u8]) -> Result<(u32, u32)> {
+    image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("guessing the image format")?
+        .into_dimensions()
+        .context("reading the image header")
+}
+
 /// One image: read once, hashed, dimensions from the header. Reading the bytes once serves
 /// both the hash and the header (the same as `ImageReader::open`, without a second read).
 pub fn probe_image(root: &ImageRoot, image: &str) -> Result<ImageEntry> {
     let path = root.resolve(image)?;
     let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let (width, height) = image::ImageReader::new(Cursor::new(&data))
-        .with_guessed_format()
-        .context("guessing the image format")?
-        .into_dimensions()
-        .context("reading the image header")?;
+    let (width, height) = header_dimensions(&data)?;
     check_image_size(width, height)?;
     Ok(ImageEntry {
         image: image.to_string(),

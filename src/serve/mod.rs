@@ -32,7 +32,7 @@ use pipe_engine::workspace::Workspace;
 
 use crate::contract::device::DeviceChoice;
 use crate::contract::serve::{ImageOutcome, ServeConfig};
-use crate::data::manifest::check_image_size;
+use crate::data::manifest::{check_image_size, header_dimensions};
 use crate::stages::TORCH_WORKER;
 use catalog::Catalog;
 use worker::{Batching, Job, Pool};
@@ -355,11 +355,8 @@ fn check_upload(bytes: &[u8]) -> Result<(), (StatusCode, String)> {
             ))
         }
     }
-    let (width, height) = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok())
-        .ok_or((StatusCode::UNPROCESSABLE_ENTITY, "the image header cannot be read".to_string()))?;
+    let (width, height) = header_dimensions(bytes)
+        .map_err(|_| (StatusCode::UNPROCESSABLE_ENTITY, "the image header cannot be read".to_string()))?;
     check_image_size(width, height)
         .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, format!("the image is too large: {e}")))
 }
