@@ -7,7 +7,8 @@ export LIBTORCH_USE_PYTORCH := 1
 export LIBTORCH_BYPASS_VERSION_CHECK := 1
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 CARGO := cargo
-PIPE := target/release/pipe
+# Where cargo builds: $CARGO_TARGET_DIR when the user sets one, else ./target.
+PIPE := $(or $(CARGO_TARGET_DIR),target)/release/pipe
 
 .PHONY: setup build run test bench clean-store
 
