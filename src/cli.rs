@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use pipe_engine::lockfile::LockFile;
@@ -79,6 +79,15 @@ enum Command {
         /// Compare with the lock file at this git revision (e.g. HEAD~1).
         #[arg(long, value_name = "REV")]
         diff: Option<String>,
+    },
+    /// What each stage's current artifact is and how its run went: fingerprint, seconds,
+    /// output hashes, and the figures the stage recorded (images/s, epoch times...).
+    Show {
+        /// Stages to show. Default: all that have run.
+        stages: Vec<String>,
+        /// One JSON object, stage → record.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the content hash of files or directories, as the engine computes it (no stat cache).
     Hash {
@@ -252,6 +261,10 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             let _lock = workspace.lock(true, &reporter)?;
             verify(&workspace, remove, reporter)
         }
+        Command::Show { stages, json } => {
+            let pipeline = load(&[])?;
+            show(&workspace, &pipeline, &stages, json, reporter)
+        }
         Command::Hash { paths } => hash(&paths),
         Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref(), reporter),
         Command::Serve(args) => {
@@ -263,6 +276,75 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             let results = Results::open(&workspace, &pipeline, reporter)?;
             crate::cli_caption::run(&results, &pipeline, &args)
         }
+    }
+}
+
+fn show(
+    workspace: &Workspace,
+    pipeline: &Pipeline,
+    stages: &[String],
+    json: bool,
+    reporter: Reporter,
+) -> Result<u8> {
+    let lock = LockFile::load(&workspace.lock_file_path())?;
+    let store = Store::new(workspace.store_dir(), reporter);
+    let mut shown = serde_json::Map::new();
+    for name in pipeline.dag.select(stages)? {
+        let Some(locked) = lock.stages.get(&name) else {
+            if stages.contains(&name) {
+                bail!(
+                    "stage `{name}` has not run yet (no entry in {})",
+                    workspace.lock_file_path().display()
+                );
+            }
+            continue;
+        };
+        let run = store.run_record(&locked.fingerprint).unwrap_or(serde_json::Value::Null);
+        if json {
+            let record = serde_json::json!({
+                "fingerprint": locked.fingerprint,
+                "seconds": locked.seconds,
+                "in_store": store.manifest(&locked.fingerprint).is_some(),
+                "outputs": locked.outs,
+                "run": run,
+            });
+            shown.insert(name, record);
+            continue;
+        }
+        println!("{name}  {}  {:.1} s", &locked.fingerprint[..12], locked.seconds);
+        for (output, hash) in &locked.outs {
+            println!("  {output}  {}", &hash[..hash.len().min(12)]);
+        }
+        if let serde_json::Value::Object(figures) = &run {
+            for (key, value) in figures {
+                println!("  run.{key}: {}", compact_figure(value));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    }
+    Ok(exit::OK)
+}
+
+/// A run-record value on one line: floats to 4 significant places, lists of records cut short.
+fn compact_figure(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+        Value::Array(items) if items.len() > 4 => {
+            let head: Vec<String> = items[..3].iter().map(compact_figure).collect();
+            format!("[{}, … {} in all]", head.join(", "), items.len())
+        }
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(compact_figure).collect::<Vec<_>>().join(", "))
+        }
+        Value::Object(map) => {
+            let fields: Vec<String> =
+                map.iter().map(|(k, v)| format!("{k}: {}", compact_figure(v))).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        other => other.to_string(),
     }
 }
 

@@ -318,6 +318,33 @@ fn gc_removes_unreferenced_and_verify_finds_damage() {
     assert!(project.ok(&["verify"]).contains("0 damaged"));
 }
 
+/// An artifact edited or deleted in the store after it was committed is noticed by the
+/// next run (a stat per file, no read), reported with the file's name, and recomputed
+/// instead of being fed downstream.
+#[test]
+fn a_run_notices_a_changed_artifact_and_recomputes_it() {
+    let project = chain();
+    project.ok(&["run"]);
+    assert_eq!(project.runs(), ["a", "b", "c"]);
+
+    fs::write(project.root().join("data/out/b/out.txt"), "tampered").unwrap();
+    let rerun = project.ok(&["run"]);
+    assert!(
+        rerun.contains("stage b: its stored artifact") && rerun.contains("out.txt: content changed"),
+        "{rerun}"
+    );
+    assert!(rerun.contains("1 ran"), "only b reruns; c's inputs are b's real outputs again:\n{rerun}");
+    assert_eq!(project.runs(), ["a", "b", "c", "b"]);
+    assert_eq!(project.read("data/out/c/out.txt"), "up=up=src=first\ntag=hello\ntag=one\ntag=\n");
+
+    fs::remove_file(project.root().join("data/out/a/out.txt")).unwrap();
+    let rerun = project.ok(&["run"]);
+    assert!(rerun.contains("stage a: its stored artifact"), "{rerun}");
+    assert_eq!(project.runs(), ["a", "b", "c", "b", "a"]);
+    assert!(project.ok(&["run"]).contains("0 ran"));
+    assert!(project.ok(&["verify"]).contains("0 damaged"));
+}
+
 #[test]
 fn dag_prints_text_and_dot() {
     let project = chain();

@@ -45,7 +45,9 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> Resul
         let _ = fs::remove_file(&tmp);
         return Err(err);
     }
+    crate::failpoint::point("atomic-write:before-rename");
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    crate::failpoint::point("atomic-write:after-rename");
     sync_dir(dir)
 }
 
@@ -65,9 +67,66 @@ pub fn remove_path(path: &Path) -> Result<()> {
     .with_context(|| format!("removing {}", path.display()))
 }
 
+/// Removes what a process that died mid-write left in `dir` (and, with `recursive`, below
+/// it): the `.NAME.PID.tmp` files of [`write_atomic_with`] and of view updates, whose
+/// process no longer runs. A live process's temp files are left alone. Returns how many
+/// were removed.
+pub fn remove_stale_temps(dir: &Path, recursive: bool) -> Result<usize> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(0) };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let path = entry.path();
+        match temp_owner(&entry.file_name().to_string_lossy()) {
+            Some(pid) if !process_runs(pid) => {
+                remove_path(&path)?;
+                removed += 1;
+            }
+            _ if recursive && entry.file_type().is_ok_and(|t| t.is_dir()) => {
+                removed += remove_stale_temps(&path, true)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in a temp file name `.NAME.PID.tmp`.
+fn temp_owner(name: &str) -> Option<i32> {
+    let (_, pid) = name.strip_prefix('.')?.strip_suffix(".tmp")?.rsplit_once('.')?;
+    pid.parse().ok().filter(|&pid| pid > 0)
+}
+
+fn process_runs(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; no pointers.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        fs::create_dir_all(dir.path().join("sub")).unwrap();
+        let stale = [format!(".pipe.lock.{dead_pid}.tmp"), format!("sub/.part-3.arrow.{dead_pid}.tmp")];
+        let live = format!(".pipe.lock.{}.tmp", std::process::id());
+        for name in stale.iter().chain([&live, &".hidden.tmp".to_string(), &"data.tmp".to_string()]) {
+            fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path(), false).unwrap(), 1);
+        assert_eq!(remove_stale_temps(dir.path(), true).unwrap(), 1);
+        assert!(stale.iter().all(|name| !dir.path().join(name).exists()));
+        for kept in [live.as_str(), ".hidden.tmp", "data.tmp"] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files_and_leave_no_temp_on_failure() {

@@ -81,6 +81,25 @@ impl StatCache {
         self.this_run.lock().unwrap().clear();
     }
 
+    /// Records the hashes of files just written and hashed elsewhere (a committed
+    /// artifact's), with their current stat, so later checks of them cost a stat. `dir`
+    /// is relative to `root`; `files` are (path relative to `dir`, hash).
+    pub fn remember_files(&self, root: &Path, dir: &Path, files: &[(String, String)]) {
+        let mut entries = self.entries.lock().unwrap();
+        for (file, hash) in files {
+            let key = dir.join(file);
+            let Ok(meta) = fs::metadata(root.join(&key)) else { continue };
+            let entry = StatEntry {
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                inode: meta.ino(),
+                hash: hash.clone(),
+            };
+            entries.insert(key.to_string_lossy().into_owned(), entry);
+        }
+        *self.dirty.lock().unwrap() = true;
+    }
+
     /// Hashes a workspace path (file or directory). `root` is the workspace root and
     /// `rel` the path relative to it, which is the cache key.
     pub fn hash_path(&self, root: &Path, rel: &Path) -> Result<String> {

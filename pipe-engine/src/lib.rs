@@ -9,6 +9,7 @@
 
 pub mod dag;
 pub mod experiments;
+pub mod failpoint;
 pub mod fingerprint;
 pub mod fsutil;
 pub mod hashing;

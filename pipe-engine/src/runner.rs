@@ -1,7 +1,7 @@
 //! Decides which stages are fresh, runs the stale ones, and records the results.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use crate::lockfile::{LockFile, LockedStage};
 use crate::reporter::Reporter;
 use crate::spec::{DepSource, Pipeline, StageSpec};
 use crate::stage::{Execution, LineageEntry, StageContext};
-use crate::store::{Manifest, Store};
+use crate::store::{Committed, Manifest, Store};
 use crate::worker::run_in_worker;
 use crate::workspace::Workspace;
 
@@ -46,7 +46,6 @@ pub struct RunOptions {
 struct Done {
     manifest: Manifest,
     output_dir: PathBuf,
-    ran: bool,
 }
 
 /// A stage's inputs, once every upstream stage is done.
@@ -76,7 +75,7 @@ struct RunState {
 }
 
 /// What a stage thread sends back when it ends.
-type Finished = (String, ResolvedInputs, Result<Manifest>);
+type Finished = (String, ResolvedInputs, Result<Committed>);
 
 /// A stale stage, ready to run on its own thread.
 struct Job<'a> {
@@ -205,14 +204,14 @@ impl<'a> Runner<'a> {
                         .map(|locked| locked.fingerprint != fingerprint)
                         .unwrap_or(true);
                     let output_dir = self.store.output_dir(&fingerprint);
-                    done.insert(name.clone(), Done { manifest, output_dir, ran: false });
+                    done.insert(name.clone(), Done { manifest, output_dir });
                     StageState::Fresh { fingerprint, restored_from_cache }
                 }
                 _ => StageState::Stale { reasons: self.reasons(stage, resolved.as_ref(), &stale_upstream) },
             };
             states.push((name, state));
         }
-        self.stat_cache.save()?;
+        self.save_stat_cache();
         Ok(states)
     }
 
@@ -221,6 +220,8 @@ impl<'a> Runner<'a> {
         if options.dry_run {
             return self.dry_run(&options.targets);
         }
+        // The caller holds the workspace lock: what a killed run left half-written is nobody's.
+        self.workspace.remove_stale_temps()?;
         let selected = self.pipeline.dag.select(&options.targets)?;
         let mut state = RunState {
             pending: selected.clone(),
@@ -250,7 +251,7 @@ impl<'a> Runner<'a> {
             }
             Ok(())
         })?;
-        self.stat_cache.save()?;
+        self.save_stat_cache();
         match state.failure {
             Some(err) => Err(StageFailed(err).into()),
             None => Ok(state.outcomes),
@@ -274,7 +275,7 @@ impl<'a> Runner<'a> {
         let resolved = self.resolve_selected(stage, &state.done)?;
         let fingerprint = resolved.fingerprint.digest();
         if !force {
-            if let Some(manifest) = self.store.manifest(&fingerprint) {
+            if let Some(manifest) = self.intact_artifact(name, &fingerprint)? {
                 self.record(stage, &resolved, &manifest)?;
                 self.say(format!("  cached  {:<12} {}", name, &fingerprint[..12]));
                 state.outcomes.push(StageOutcome {
@@ -284,7 +285,7 @@ impl<'a> Runner<'a> {
                     seconds: 0.0,
                 });
                 let output_dir = self.store.output_dir(&manifest.fingerprint);
-                state.done.insert(name.to_string(), Done { manifest, output_dir, ran: false });
+                state.done.insert(name.to_string(), Done { manifest, output_dir });
                 return Ok(None);
             }
         }
@@ -300,13 +301,46 @@ impl<'a> Runner<'a> {
         Ok(Some(Job { stage, resolved, fingerprint, context, store: self.store.clone() }))
     }
 
+    /// The manifest of the stage's artifact, unless the artifact is missing or was changed
+    /// after it was committed: then it is reported and removed, and the stage runs again
+    /// instead of feeding a damaged file downstream. Unchanged files cost a stat each.
+    fn intact_artifact(&self, stage: &str, fingerprint: &str) -> Result<Option<Manifest>> {
+        let Some(manifest) = self.store.manifest(fingerprint) else { return Ok(None) };
+        let out = self.store_relative(fingerprint);
+        let intact = match self.stat_cache.hash_path(&self.workspace.root, &out) {
+            Ok(hash) => hash == manifest.tree_hash,
+            Err(_) => false,
+        };
+        if intact {
+            return Ok(Some(manifest));
+        }
+        let problems = self.store.verify(fingerprint);
+        self.reporter.warn(&format!(
+            "stage {stage}: its stored artifact {} was changed after it was written ({}); running it again",
+            &fingerprint[..12.min(fingerprint.len())],
+            if problems.is_empty() { "its files differ".to_string() } else { problems.join("; ") }
+        ));
+        self.store.remove(fingerprint)?;
+        Ok(None)
+    }
+
+    /// An artifact's `out/` folder, relative to the workspace root (the stat cache's key).
+    fn store_relative(&self, fingerprint: &str) -> PathBuf {
+        let out = self.store.output_dir(fingerprint);
+        out.strip_prefix(&self.workspace.root).map(Path::to_path_buf).unwrap_or(out)
+    }
+
     /// Records a stage that ended: into the lock file and `done`, or as the run's failure.
     fn finish(&mut self, (name, resolved, result): Finished, state: &mut RunState) -> Result<()> {
         state.running.remove(&name);
         match result {
-            Ok(manifest) => {
+            Ok(Committed { manifest, files }) => {
+                crate::failpoint::point("runner:before-lock");
                 // The stage may have written into the workspace: hash its paths afresh.
                 self.stat_cache.forget_run();
+                // So that a later run notices an edited artifact file with a stat, not a read.
+                let out = self.store_relative(&manifest.fingerprint);
+                self.stat_cache.remember_files(&self.workspace.root, &out, &files);
                 self.record(self.stage(&name), &resolved, &manifest)?;
                 self.say(format!("  ran     {:<12} {:.1}s", name, manifest.seconds));
                 state.outcomes.push(StageOutcome {
@@ -316,7 +350,7 @@ impl<'a> Runner<'a> {
                     seconds: manifest.seconds,
                 });
                 let output_dir = self.store.output_dir(&manifest.fingerprint);
-                state.done.insert(name, Done { manifest, output_dir, ran: true });
+                state.done.insert(name, Done { manifest, output_dir });
             }
             Err(err) => {
                 self.say(format!("  FAILED  {name}"));
@@ -363,8 +397,6 @@ impl<'a> Runner<'a> {
                     stage: name.clone(),
                     kind: up.manifest.kind.clone(),
                     fingerprint: up.manifest.fingerprint.clone(),
-                    seconds: up.manifest.seconds,
-                    cached: !up.ran,
                 })
             })
             .collect();
@@ -376,6 +408,7 @@ impl<'a> Runner<'a> {
             cache_dir: self.workspace.kind_cache_dir(stage.kind.name()),
             workspace: self.workspace.root.clone(),
             lineage,
+            run_record: self.store.run_record_path(fingerprint),
             reporter: self.reporter.clone(),
         })
     }
@@ -401,6 +434,14 @@ impl<'a> Runner<'a> {
         self.workspace.update_view(&stage.name, &self.store.output_dir(&manifest.fingerprint))
     }
 
+    /// The stat cache only saves work: failing to write it (a full disk) is a warning,
+    /// not a failed run.
+    fn save_stat_cache(&self) {
+        if let Err(err) = self.stat_cache.save() {
+            self.reporter.warn(&format!("{err:#} (the next run rehashes what it would have remembered)"));
+        }
+    }
+
     fn say(&self, line: String) {
         self.reporter.println(&line);
     }
@@ -411,7 +452,7 @@ impl<'a> Runner<'a> {
 #[error("{0:#}")]
 pub struct StageFailed(pub anyhow::Error);
 
-fn execute(stage: &StageSpec, store: &Store, fingerprint: &str, context: StageContext) -> Result<Manifest> {
+fn execute(stage: &StageSpec, store: &Store, fingerprint: &str, context: StageContext) -> Result<Committed> {
     let started = Instant::now();
     match stage.kind.execution() {
         Execution::InProcess => stage.kind.run(&context)?,

@@ -129,20 +129,24 @@ pub struct StageContext {
     pub cache_dir: PathBuf,
     /// The project root, for resolving user-given paths in params.
     pub workspace: PathBuf,
-    /// The stages upstream of this one, in run order (for reports; not hashed).
+    /// The stages upstream of this one, in run order (for reports).
     pub lineage: Vec<LineageEntry>,
+    /// Where the stage may record how this run went (timings, throughput, what came from
+    /// its cache) with [`Self::record_run`]: kept beside the artifact, outside its outputs
+    /// and their hashes, so that outputs stay a pure function of the fingerprint.
+    pub run_record: PathBuf,
     #[serde(skip)]
     pub reporter: Reporter,
 }
 
-/// What the runner knows about an upstream stage: handed forward, never looked up.
+/// What the runner knows about an upstream stage: handed forward, never looked up. Only
+/// what the fingerprint determines: how long a stage took, or whether it came from the
+/// store, differs between runs of the same inputs and must not reach an output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LineageEntry {
     pub stage: String,
     pub kind: String,
     pub fingerprint: String,
-    pub seconds: f64,
-    pub cached: bool,
 }
 
 impl StageContext {
@@ -179,6 +183,13 @@ impl StageContext {
         bar.set_prefix(self.stage.clone());
         bar.set_message(message.to_string());
         bar
+    }
+
+    /// Writes this run's record (see [`Self::run_record`]): figures that differ between
+    /// runs of the same inputs. `pipe show STAGE` prints it.
+    pub fn record_run(&self, figures: &impl Serialize) -> Result<()> {
+        crate::fsutil::write_json_atomic(&self.run_record, figures)
+            .with_context(|| format!("stage {}: writing its run record", self.stage))
     }
 
     /// Prints a line without tearing progress bars.

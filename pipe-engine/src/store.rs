@@ -3,6 +3,7 @@
 //! ```text
 //! data/store/<fingerprint>/out/             the stage's outputs
 //! data/store/<fingerprint>/manifest.json    output hashes, written last
+//! data/store/<fingerprint>/run.json         how the run went (timings); not hashed
 //! data/store/.tmp/<fingerprint>/out/        a stage being written
 //! ```
 //!
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{remove_path, sync_dir, write_json_atomic};
+use crate::fsutil::{remove_path, remove_stale_temps, sync_dir, write_json_atomic};
 use crate::hashing::{combine_tree, hash_tree_files, hash_uncached};
 use crate::reporter::Reporter;
 
@@ -33,6 +34,17 @@ pub struct Manifest {
     /// Hash of the whole `out/` directory (for deps on a stage as a whole).
     pub tree_hash: String,
     pub seconds: f64,
+}
+
+/// Beside the manifest: what a stage recorded about its run (see `StageContext::record_run`).
+const RUN_RECORD_FILE: &str = "run.json";
+
+/// A committed artifact: its manifest, and each file below `out/` with its hash (relative
+/// path, blake3 hex), as read once at commit.
+#[derive(Debug)]
+pub struct Committed {
+    pub manifest: Manifest,
+    pub files: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -58,6 +70,17 @@ impl Store {
         self.root.join(".tmp").join(fingerprint)
     }
 
+    /// Where a running stage writes its run record; committed with the artifact.
+    pub fn run_record_path(&self, fingerprint: &str) -> PathBuf {
+        self.tmp_dir(fingerprint).join(RUN_RECORD_FILE)
+    }
+
+    /// The run record of a complete artifact, if its stage wrote one.
+    pub fn run_record(&self, fingerprint: &str) -> Option<serde_json::Value> {
+        let bytes = fs::read(self.artifact_dir(fingerprint).join(RUN_RECORD_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// The manifest of a complete artifact, or `None`. A damaged manifest is reported
     /// and treated as absent, so the stage simply runs again.
     pub fn manifest(&self, fingerprint: &str) -> Option<Manifest> {
@@ -75,9 +98,13 @@ impl Store {
     /// An empty (or, when `resume`, possibly partial) directory to write outputs into.
     pub fn begin(&self, fingerprint: &str, resume: bool) -> Result<PathBuf> {
         let tmp = self.tmp_dir(fingerprint);
-        if !resume {
+        if resume {
+            // A half-written file of the interrupted run would otherwise be committed.
+            remove_stale_temps(&tmp, true)?;
+        } else {
             remove_path(&tmp)?;
         }
+        remove_path(&tmp.join(RUN_RECORD_FILE))?; // an interrupted run's figures are not this run's
         let out = tmp.join("out");
         fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         Ok(out)
@@ -90,7 +117,7 @@ impl Store {
         kind: &str,
         outputs: &[String],
         seconds: f64,
-    ) -> Result<Manifest> {
+    ) -> Result<Committed> {
         let tmp = self.tmp_dir(fingerprint);
         let out = tmp.join("out");
         // Every file is read once; output hashes and the tree hash are derived from the list.
@@ -111,11 +138,12 @@ impl Store {
             seconds,
         };
         write_json_atomic(&tmp.join("manifest.json"), &manifest)?;
+        crate::failpoint::point("store-commit:before-rename");
         let dest = self.artifact_dir(fingerprint);
         remove_path(&dest)?; // a damaged entry we decided not to trust
         fs::rename(&tmp, &dest).with_context(|| format!("moving {} into the store", tmp.display()))?;
         sync_dir(&self.root)?;
-        Ok(manifest)
+        Ok(Committed { manifest, files })
     }
 
     /// Fingerprints of all complete-looking artifacts.
@@ -212,7 +240,7 @@ mod tests {
         fs::create_dir_all(out.join("dir/sub")).unwrap();
         fs::write(out.join("dir/sub/b.txt"), "beta").unwrap();
         fs::write(out.join("dir/c.txt"), "gamma").unwrap();
-        let manifest = store.commit("fp1", "k", &["a.txt".into(), "dir".into()], 0.5).unwrap();
+        let manifest = store.commit("fp1", "k", &["a.txt".into(), "dir".into()], 0.5).unwrap().manifest;
         assert_eq!(store.manifest("fp1"), Some(manifest.clone()));
         let committed = store.output_dir("fp1");
         assert_eq!(manifest.outputs["a.txt"], hash_uncached(&committed.join("a.txt")).unwrap());
@@ -221,6 +249,24 @@ mod tests {
         assert!(store.verify("fp1").is_empty());
         fs::write(store.output_dir("fp1").join("a.txt"), "tampered").unwrap();
         assert_eq!(store.verify("fp1"), ["a.txt: content changed"]);
+    }
+
+    #[test]
+    fn the_run_record_travels_with_the_artifact_outside_its_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().to_path_buf(), Reporter::hidden());
+        let out = store.begin("fp", false).unwrap();
+        fs::write(out.join("a.txt"), "a").unwrap();
+        fs::write(store.run_record_path("fp"), r#"{"seconds": 1.5}"#).unwrap();
+        let manifest = store.commit("fp", "k", &["a.txt".into()], 1.5).unwrap().manifest;
+        assert_eq!(store.run_record("fp"), Some(serde_json::json!({"seconds": 1.5})));
+        assert_eq!(manifest.tree_hash, hash_uncached(&store.output_dir("fp")).unwrap());
+        assert!(store.verify("fp").is_empty());
+        // A resumed run starts without the interrupted run's record.
+        store.begin("fp2", false).unwrap();
+        fs::write(store.run_record_path("fp2"), "{}").unwrap();
+        store.begin("fp2", true).unwrap();
+        assert!(!store.run_record_path("fp2").exists());
     }
 
     #[test]

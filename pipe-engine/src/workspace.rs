@@ -105,7 +105,20 @@ impl Workspace {
         let tmp = views.join(format!(".{stage}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
+        crate::failpoint::point("view:before-rename");
         fs::rename(&tmp, &link).with_context(|| format!("updating {}", link.display()))
+    }
+
+    /// Removes the temp files that killed processes left in the workspace's own folders
+    /// (beside the lock file, among the views, in the run state). Call it holding the lock.
+    pub fn remove_stale_temps(&self) -> Result<usize> {
+        let lock_dir =
+            self.lock_file_path().parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let mut removed = 0;
+        for dir in [lock_dir, self.views_dir(), self.state_dir()] {
+            removed += crate::fsutil::remove_stale_temps(&dir, false)?;
+        }
+        Ok(removed)
     }
 
     /// Takes the workspace lock, waiting for another run to finish unless `wait` is false.

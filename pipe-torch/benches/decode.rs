@@ -20,6 +20,7 @@ use pipe_torch::model::data::{caption_text, FeatureTable, TokenTable};
 use tch::{Device, Tensor};
 
 fn main() -> Result<()> {
+    pipe_torch::numerics::reproducible_cpu_maths(); // as in the worker
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let (mut paths, mut flags) = (Vec::new(), std::collections::HashMap::new());
     let mut it = args.iter();

@@ -18,6 +18,7 @@ use pipe::data::manifest::list_image_files;
 use pipe_torch::model::backbone::{bench, Backbone, DeviceChoice, Precision, ThreadPlan};
 
 fn main() -> Result<()> {
+    pipe_torch::numerics::reproducible_cpu_maths(); // as in the worker
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let images = positional(&args).map_or_else(|| root.join("../shared/flickr8k/images"), PathBuf::from);

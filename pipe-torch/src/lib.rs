@@ -6,6 +6,7 @@ pub mod caption;
 pub mod features;
 pub mod memory;
 pub mod model;
+pub mod numerics;
 pub mod scst;
 pub mod train;
 

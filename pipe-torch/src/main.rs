@@ -54,6 +54,7 @@ struct CaptionImagesArgs {
 }
 
 fn main() -> ExitCode {
+    pipe_torch::numerics::reproducible_cpu_maths();
     pipe_torch::memory::keep_freed_memory_in_the_heap();
     match Cli::parse().command {
         WorkerCommand::Stage => pipe_engine::worker::serve_stage(pipe_torch::stage_run),

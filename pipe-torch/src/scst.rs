@@ -111,7 +111,9 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let config_bytes =
         std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
     write_atomic(&ctx.output(MODEL_CONFIG_FILE), &config_bytes)?;
-    write_json_atomic(&ctx.output(HISTORY_FILE), &history)
+    write_json_atomic(&ctx.output(HISTORY_FILE), &history)?;
+    let epochs: Vec<_> = history.epochs.iter().map(|e| (e.epoch, e.seconds, e.dev_seconds)).collect();
+    ctx.record_run(&crate::train::epoch_timings(&epochs))
 }
 
 /// The images of one split that have features, their feature rows and raw references.

@@ -39,7 +39,22 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         best.dev_loss.map_or("-".into(), |l| format!("{l:.4}")),
         mean_seconds(&history)
     ));
-    Ok(())
+    let epochs: Vec<_> = history.epochs.iter().map(|e| (e.epoch, e.seconds, e.dev_seconds)).collect();
+    ctx.record_run(&epoch_timings(&epochs))
+}
+
+/// A training stage's run record: each epoch's seconds, and their mean.
+pub fn epoch_timings(epochs: &[(usize, f64, f64)]) -> serde_json::Value {
+    let mean = epochs.iter().map(|e| e.1).sum::<f64>() / epochs.len().max(1) as f64;
+    serde_json::json!({
+        "mean_epoch_seconds": mean,
+        "epochs": epochs
+            .iter()
+            .map(|&(epoch, seconds, dev_seconds)| {
+                serde_json::json!({"epoch": epoch, "seconds": seconds, "dev_seconds": dev_seconds})
+            })
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// The optimisation half of the params (whose defaults are the only defaults).
@@ -192,7 +207,7 @@ fn save_model(vs: &mut nn::VarStore, cfg: &ModelConfig, history: &History, out_d
     write_json_atomic(&out_dir.join(HISTORY_FILE), history)
 }
 
-pub fn mean_seconds(history: &History) -> f64 {
+fn mean_seconds(history: &History) -> f64 {
     history.epochs.iter().map(|e| e.seconds).sum::<f64>() / history.epochs.len().max(1) as f64
 }
 

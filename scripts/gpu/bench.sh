@@ -11,14 +11,16 @@ mkdir -p /tmp/w/data/models && cd /tmp/w
 cp -r "$root/data/models/efficientnet_lite0" data/models/
 cp "$root/scripts/gpu/pipeline.yaml" pipeline.yaml
 $P run 2>&1 | grep -vE "^\s+(train|features):.*epoch [0-9]+/" | tail -25
+$P show features train --json > run-records.json
 python3 -c "
 import json
-f=json.load(open('data/out/features/features.json')); print('features', {k:v for k,v in f.items() if k not in ('skipped',)})
-h=json.load(open('data/out/train/history.json')); print('train epochs', [(e['epoch'], round(e['seconds'],2), round(e['train_loss'],3)) for e in h['epochs']])
+r=json.load(open('run-records.json'))
+print('features', r['features']['run'])
+print('train epochs', [(e['epoch'], round(e['seconds'],2)) for e in r['train']['run']['epochs']])
 "
 for prec in fp16 bf16 fp32; do
   rm -rf data/cache
   echo "== features precision $prec batch 512"
   $P run features -S features.precision=$prec -S features.batch_size=512 2>&1 | grep -E "img/s|FAILED|error"
 done
-cp data/out/features/features.json data/out/train/history.json $OUT/ 2>/dev/null
+cp run-records.json data/out/features/features.json data/out/train/history.json $OUT/ 2>/dev/null

@@ -12,7 +12,7 @@
 //!   no unigram matches, and otherwise (no smoothing) replaces a zero precision by the
 //!   smallest positive double, warning that the score "evaluates to 0" (it is ~1e-77).
 
-use std::collections::HashMap;
+use crate::data::fxhash::FxHashMap;
 
 use super::{ngram_counts, TokenizedSet};
 
@@ -103,7 +103,7 @@ fn corpus_sums(sets: &[TokenizedSet]) -> Contribution {
 
 fn contribution(set: &TokenizedSet) -> Contribution {
     let hyp_len = set.hypothesis.len();
-    let mut max_ref: HashMap<&[String], usize> = HashMap::new();
+    let mut max_ref: FxHashMap<&[String], usize> = FxHashMap::default();
     for reference in &set.references {
         for (gram, count) in ngram_counts(reference, MAX_N) {
             let best = max_ref.entry(gram).or_insert(0);

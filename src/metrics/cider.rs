@@ -11,7 +11,7 @@
 //! Kept as pycocoevalcap has it: the "length" in the penalty counts bigram occurrences, not
 //! words (`if n == 1` after a zero-based order), and a zero norm skips the division.
 
-use std::collections::HashMap;
+use crate::data::fxhash::FxHashMap;
 
 use super::{ngram_counts, TokenizedSet};
 
@@ -20,7 +20,7 @@ const SIGMA: f64 = 6.0;
 
 /// One caption's TF-IDF vectors (one per order), their norms and its "length".
 struct Vectors<'a> {
-    weights: [HashMap<&'a [String], f64>; MAX_N],
+    weights: [FxHashMap<&'a [String], f64>; MAX_N],
     norms: [f64; MAX_N],
     length: f64,
 }
@@ -37,7 +37,7 @@ pub fn cider_d(sets: &[TokenizedSet]) -> f64 {
 }
 
 /// CIDEr-D of one image against its references.
-fn image_score(set: &TokenizedSet, df: &HashMap<&[String], f64>, log_images: f64) -> f64 {
+fn image_score(set: &TokenizedSet, df: &FxHashMap<&[String], f64>, log_images: f64) -> f64 {
     let idf = |gram: &[String]| log_images - df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
     score_against(&set.hypothesis, &set.references, &idf)
 }
@@ -61,7 +61,7 @@ fn score_against(hypothesis: &[String], references: &[Vec<String>], idf: &dyn Fn
 /// does not depend on which other images are in the batch (self-critical.pytorch's
 /// `CiderD` with `df = corpus`).
 pub struct CiderReward {
-    df: HashMap<Vec<String>, f64>,
+    df: FxHashMap<Vec<String>, f64>,
     log_images: f64,
     references: Vec<Vec<Vec<String>>>,
 }
@@ -89,8 +89,8 @@ impl CiderReward {
 }
 
 /// For every n-gram, the number of images whose references contain it.
-fn document_frequency(sets: &[TokenizedSet]) -> HashMap<&[String], f64> {
-    let mut df = HashMap::new();
+fn document_frequency(sets: &[TokenizedSet]) -> FxHashMap<&[String], f64> {
+    let mut df = FxHashMap::default();
     for set in sets {
         let mut seen: Vec<&[String]> =
             set.references.iter().flat_map(|r| ngram_counts(r, MAX_N).into_keys()).collect();
@@ -185,6 +185,28 @@ mod tests {
             sets.iter().enumerate().map(|(i, s)| reward.score(i, &s.hypothesis)).sum::<f64>() / 3.0;
         assert!((mean - cider_d(&sets)).abs() < 1e-12, "{mean} vs {}", cider_d(&sets));
         assert!(reward.score(0, &words("a dog runs on the grass")) > reward.score(0, &words("a cat")));
+    }
+
+    /// Float sums run over n-gram maps; with a per-map random hasher their order, and so
+    /// the last bits of the score, changed from one computation to the next.
+    #[test]
+    fn the_same_captions_score_the_same_bits_every_time() {
+        let words_of = |seed: usize, len: usize| -> Vec<String> {
+            (0..len).map(|i| format!("w{}", (seed * 7919 + i * 104_729) % 53)).collect()
+        };
+        let sets: Vec<TokenizedSet> = (0..40)
+            .map(|i| TokenizedSet {
+                hypothesis: words_of(i, 18),
+                references: (1..6).map(|r| words_of(i + r * 100, 12 + r)).collect(),
+            })
+            .collect();
+        let first = cider_d(&sets).to_bits();
+        let reward = CiderReward::new(sets.iter().map(|s| s.references.clone()).collect());
+        let first_reward = reward.score(3, &sets[3].hypothesis).to_bits();
+        for _ in 0..30 {
+            assert_eq!(cider_d(&sets).to_bits(), first);
+            assert_eq!(reward.score(3, &sets[3].hypothesis).to_bits(), first_reward);
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod bleu;
 pub mod cider;
 pub mod ptb;
 
-use std::collections::HashMap;
+use crate::data::fxhash::FxHashMap;
 
 use anyhow::{bail, ensure, Result};
 
@@ -129,9 +129,11 @@ fn validate(sets: &[CaptionSet]) -> Result<()> {
 }
 
 /// Counts of every n-gram of order 1..=`max_n`, keyed by the token slice (whose length is
-/// the order), as both tools' `precook` does.
-pub(crate) fn ngram_counts(tokens: &[String], max_n: usize) -> HashMap<&[String], usize> {
-    let mut counts = HashMap::new();
+/// the order), as both tools' `precook` does. The map's hasher is fixed, so iterating it
+/// visits n-grams in the same order in every process: CIDEr-D sums floats over these maps,
+/// and with std's per-map random hasher its last bits varied from run to run.
+pub(crate) fn ngram_counts(tokens: &[String], max_n: usize) -> FxHashMap<&[String], usize> {
+    let mut counts = FxHashMap::default();
     for n in 1..=max_n {
         for gram in tokens.windows(n) {
             *counts.entry(gram).or_insert(0) += 1;

@@ -118,7 +118,7 @@ impl StageKind for Caption {
     /// running the fused LSTM kernel: the same captions on Flickr8k dev, log-probabilities
     /// that differ in the last bits.
     fn version(&self) -> u32 {
-        3
+        4 // 4: the worker pins MKL to its AVX2 path in strict reproducible mode
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

@@ -87,7 +87,7 @@ impl StageKind for Features {
     }
 
     fn version(&self) -> u32 {
-        1
+        2 // 2: features.json keeps only what the inputs determine (timings and cache counts moved to the run record)
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

@@ -468,6 +468,7 @@ pub(crate) mod tests {
             cache_dir: out_dir.join(".cache"),
             workspace: out_dir.to_path_buf(),
             lineage: Vec::new(),
+            run_record: out_dir.with_extension("run.json"),
             reporter: pipe_engine::reporter::Reporter::hidden(),
         }
     }

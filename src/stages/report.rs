@@ -7,8 +7,8 @@
 //! with the generated caption (`hypotheses`) and the reference captions of `params.split`
 //! (`references`), and, given a caption stage's `attention.json` (`attention`, optional), for
 //! each gallery image where an attention model looked for every word; then the upstream
-//! stages with their fingerprints and timings (`ctx.lineage`, which the runner hands
-//! forward and does not hash).
+//! stages with their fingerprints (`ctx.lineage`, which the runner hands forward). Nothing
+//! on the page differs between two runs of the same inputs: no timings, no cached flags.
 
 use std::fmt::Write as _;
 use std::path::{Component, Path};
@@ -55,7 +55,7 @@ impl StageKind for Report {
     }
 
     fn version(&self) -> u32 {
-        1
+        2 // 2: no timings or cached flags on the page
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {
@@ -369,21 +369,20 @@ fn heat_maps(src: &str, [rows, columns]: [u32; 2], attention: &ImageAttention) -
 
 fn lineage_section(lineage: &[LineageEntry]) -> String {
     let mut html = String::from(
-        "<h2>Upstream stages</h2>\n<table>\n<tr><th>stage</th><th>kind</th><th>fingerprint</th><th>seconds</th><th>cached</th></tr>\n",
+        "<h2>Upstream stages</h2>\n<table>\n<tr><th>stage</th><th>kind</th><th>fingerprint</th></tr>\n",
     );
     for entry in lineage {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td><code title=\"{fp}\">{}</code></td><td class=\"n\">{:.1}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code title=\"{fp}\">{}</code></td></tr>",
             escape(&entry.stage),
             escape(&entry.kind),
             escape(entry.fingerprint.get(..12).unwrap_or(&entry.fingerprint)),
-            entry.seconds,
-            if entry.cached { "yes" } else { "no" },
             fp = escape(&entry.fingerprint),
         );
     }
-    html + "</table>\n"
+    // Timings differ between runs of the same inputs, so they stay out of this artifact.
+    html + "</table>\n<p>How long each stage took: <code>pipe show STAGE</code>.</p>\n"
 }
 
 /// Percent-encodes what a relative URL cannot hold verbatim (spaces, `#`, `?`, `%`...).
@@ -494,8 +493,6 @@ mod tests {
             stage: "train".into(),
             kind: "train".into(),
             fingerprint: "0123456789abcdef0123".into(),
-            seconds: 12.5,
-            cached: true,
         }];
         let out = dir.path().join("out").join(REPORT_DIR);
         let params = ReportParams { gallery: 2, ..ReportParams::default() };
@@ -509,7 +506,7 @@ mod tests {
                 && html.contains("A girl &amp; her &quot;stairs&quot; .")
         );
         assert!(html.contains("src=\"images/a%20b.jpg\""), "relative, encoded image link");
-        assert!(html.contains("0123456789ab") && html.contains("12.5"), "lineage");
+        assert!(html.contains("0123456789ab"), "lineage");
         assert!(!html.contains(dir.path().to_str().unwrap()), "no absolute paths");
         // Two of the three test images, spread: indices 0 and 1 of 3.
         assert!(out.join("images/a b.jpg").exists() && out.join("images/b.jpg").exists());

@@ -54,7 +54,7 @@ impl StageKind for Score {
     }
 
     fn version(&self) -> u32 {
-        1
+        2 // 2: CIDEr-D sums n-gram maps in a fixed order (its last bits varied between runs)
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

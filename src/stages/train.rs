@@ -166,7 +166,7 @@ impl StageKind for Train {
     }
 
     fn version(&self) -> u32 {
-        1
+        2 // 2: history.json without epoch timings (they are in the run record)
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

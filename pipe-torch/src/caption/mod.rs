@@ -80,7 +80,14 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     )?;
     bar.finish_and_clear();
     ctx.log(report.summary());
-    Ok(())
+    ctx.record_run(&serde_json::json!({
+        "files": report.files,
+        "captioned": report.captioned,
+        "skipped": report.skipped,
+        "resumed_parts": report.resumed_parts,
+        "seconds": report.seconds,
+        "captions_per_s": report.captioned as f64 / report.seconds.max(1e-9),
+    }))
 }
 
 /// Split mode: captions the images of `params.split` from cached features.
@@ -103,12 +110,9 @@ fn run_split(ctx: &StageContext, model: &CaptionModel, params: &CaptionParams) -
         write_json_atomic(&ctx.output(ATTENTION_FILE), &maps)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    ctx.log(format!(
-        "{} images in {secs:.1} s ({:.0} captions/s)",
-        rows.len(),
-        rows.len() as f64 / secs.max(1e-9)
-    ));
-    Ok(())
+    let per_s = rows.len() as f64 / secs.max(1e-9);
+    ctx.log(format!("{} images in {secs:.1} s ({per_s:.0} captions/s)", rows.len()));
+    ctx.record_run(&serde_json::json!({"images": rows.len(), "seconds": secs, "captions_per_s": per_s}))
 }
 
 /// The rows of split mode: every image of `split` (or of the feature table without tokens).

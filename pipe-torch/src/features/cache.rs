@@ -32,7 +32,7 @@ use arrow_array::{Array, FixedSizeListArray, RecordBatch, StringArray};
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use pipe_engine::fsutil::write_atomic_with;
+use pipe_engine::fsutil::{remove_stale_temps, write_atomic_with};
 
 use super::layout::{column_values, FeatureLayout};
 use crate::model::backbone::Precision;
@@ -81,6 +81,8 @@ impl FeatureCache {
         let name = format!("{backbone_hash}-{}{}", precision.as_str(), layout.cache_suffix());
         let dir = cache_dir.join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating feature cache {}", dir.display()))?;
+        // A shard whose writer was killed before its rename is never read; drop the file.
+        remove_stale_temps(&dir, false)?;
         Ok(Self { dir, layout })
     }
 

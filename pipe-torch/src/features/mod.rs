@@ -48,7 +48,8 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     Ok(())
 }
 
-/// What one run did, also written to `features.json`.
+/// What one run did: `features.json` gets the count and the skipped images, the run
+/// record the rest.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeaturesSummary {
     /// Rows in `features.arrow`.
@@ -109,17 +110,22 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         skipped,
         images_per_s: if extract_s > 0.0 { timings.computed as f64 / extract_s } else { 0.0 },
     };
+    // features.json holds only what the inputs and params determine; what depends on the
+    // cache's state, the machine or the clock goes to the run record.
     let report = json!({
         "backbone": {"name": backbone.spec().name, "hash": backbone.hash(), "dim": backbone.dim()},
         "dim": backbone.dim(),
         "grid": layout.grid,
         "count": summary.count,
-        "computed": summary.computed,
-        "reused": summary.reused,
         "skipped": summary.skipped,
         "device": format!("{:?}", backbone.device()),
         "precision": params.precision.as_str(),
         "batch_size": params.batch_size,
+    });
+    write_json_atomic(&ctx.output(FEATURES_SUMMARY_FILE), &report)?;
+    ctx.record_run(&json!({
+        "computed": summary.computed,
+        "reused": summary.reused,
         "threads": threads,
         "timings": {
             "load_s": load_s, "cache_s": cache_s, "extract_s": extract_s, "write_s": write_s,
@@ -127,8 +133,7 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
             "total_s": started.elapsed().as_secs_f64(),
         },
         "images_per_s": summary.images_per_s,
-    });
-    write_json_atomic(&ctx.output(FEATURES_SUMMARY_FILE), &report)?;
+    }))?;
     Ok(summary)
 }
 
@@ -340,6 +345,7 @@ mod tests {
                 cache_dir: self.cache(),
                 workspace: self.root.path().to_path_buf(),
                 lineage: vec![],
+                run_record: run_record(&out),
                 reporter: pipe_engine::reporter::Reporter::hidden(),
             };
             crate::features::run(&ctx)?;
@@ -350,16 +356,22 @@ mod tests {
         }
     }
 
-    /// The counts from features.json.
+    fn run_record(out: &Path) -> PathBuf {
+        out.with_extension("run.json")
+    }
+
+    /// The counts from features.json and the run record.
     fn run_summary(out: &Path) -> FeaturesSummary {
-        let v: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(out.join("features.json")).unwrap()).unwrap();
+        let read = |path: PathBuf| -> serde_json::Value {
+            serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+        };
+        let (v, run) = (read(out.join("features.json")), read(run_record(out)));
         FeaturesSummary {
             count: v["count"].as_u64().unwrap() as usize,
-            computed: v["computed"].as_u64().unwrap() as usize,
-            reused: v["reused"].as_u64().unwrap() as usize,
+            computed: run["computed"].as_u64().unwrap() as usize,
+            reused: run["reused"].as_u64().unwrap() as usize,
             skipped: serde_json::from_value(v["skipped"].clone()).unwrap(),
-            images_per_s: v["images_per_s"].as_f64().unwrap(),
+            images_per_s: run["images_per_s"].as_f64().unwrap(),
         }
     }
 
@@ -423,11 +435,19 @@ mod tests {
         }
         let (_, out1) = ws1.run(1);
         let (_, out2) = ws2.run(1);
+        ws2.add_photo("rocket.png", "rocket.png");
+        let (_, out3) = ws2.run(2); // two images from the cache, one computed
+        fs::remove_file(ws2.images().join("rocket.png")).unwrap();
+        let (from_cache, out4) = ws2.run(3);
+        assert_eq!((from_cache.computed, from_cache.reused), (0, 2));
         assert_eq!(read_output(&out1), read_output(&out2));
-        assert_eq!(
-            fs::read(out1.join("features.arrow")).unwrap(),
-            fs::read(out2.join("features.arrow")).unwrap()
-        );
+        assert_eq!(read_output(&out3).len(), 3);
+        // Every output is a pure function of the inputs: computed or cached, here or there.
+        for file in ["features.arrow", "features.json"] {
+            let bytes = fs::read(out1.join(file)).unwrap();
+            assert_eq!(bytes, fs::read(out2.join(file)).unwrap(), "{file}");
+            assert_eq!(bytes, fs::read(out4.join(file)).unwrap(), "{file} from the cache");
+        }
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub struct ScstEpoch {
     /// Corpus CIDEr-D of the greedy dev captions after the epoch.
     pub dev_cider_d: f64,
     pub lr: f64,
+    /// Timings go to the stage's run record, not to history.json (see `EpochRecord`).
+    #[serde(skip_serializing, default)]
     pub seconds: f64,
+    #[serde(skip_serializing, default)]
     pub dev_seconds: f64,
 }
 

@@ -106,8 +106,12 @@ pub struct EpochRecord {
     /// The learning rate used during this epoch.
     pub lr: f64,
     /// Seconds spent on the training pass (the figure compared with the peer's 25 s).
+    /// Timings go to the stage's run record, not to history.json: they differ between
+    /// runs of the same inputs.
+    #[serde(skip_serializing, default)]
     pub seconds: f64,
     /// Seconds spent computing the dev loss.
+    #[serde(skip_serializing, default)]
     pub dev_seconds: f64,
 }
 

@@ -86,8 +86,9 @@ impl BackboneSpec {
         ensure!(self.layout == "NCHW", "layout `{}` is not supported (only NCHW)", self.layout);
         ensure!(self.resize == "stretch", "resize `{}` is not supported (only stretch)", self.resize);
         ensure!((1..=4096).contains(&self.input_size), "input_size {} out of range", self.input_size);
-        ensure!(self.dim > 0, "dim must be positive");
+        ensure!((1..=1 << 20).contains(&self.dim), "dim {} out of range (1 to 1048576)", self.dim);
         ensure!(self.std.iter().all(|s| *s > 0.0), "std must be positive: {:?}", self.std);
+        ensure!(self.mean.iter().chain(&self.std).all(|v| v.is_finite()), "mean and std must be finite");
         ensure!(
             self.value_range == 1.0 || self.value_range == 255.0,
             "value_range must be 1.0 or 255, not {}",
@@ -96,7 +97,8 @@ impl BackboneSpec {
         match (self.output, self.grid) {
             (BackboneOutput::Grid, None) => bail!("output `grid` needs `grid: [H, W]`"),
             (BackboneOutput::Grid, Some([h, w])) => {
-                ensure!(h > 0 && w > 0 && h * w <= 4096, "grid {h}x{w} out of range")
+                let cells = h.saturating_mul(w); // 65536 x 65536 must not wrap to 0
+                ensure!(h > 0 && w > 0 && cells <= 4096, "grid {h}x{w} out of range")
             }
             (BackboneOutput::Pooled, Some(_)) => bail!("`grid` is set but output is `pooled`"),
             (BackboneOutput::Pooled, None) => {}
@@ -132,4 +134,31 @@ pub fn content_hash(dir: &Path) -> Result<String> {
         hasher.update(&bytes);
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Result<BackboneSpec> {
+        let dir = tempfile::tempdir().unwrap();
+        let json = format!(
+            r#"{{"name": "b", "input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "dim": 8{extra}}}"#
+        );
+        fs::write(dir.path().join(SIDECAR_FILE), json).unwrap();
+        BackboneSpec::read(dir.path())
+    }
+
+    #[test]
+    fn sizes_that_overflow_or_cannot_be_allocated_are_refused() {
+        assert!(spec(r#", "output": "grid", "grid": [7, 7]"#).is_ok());
+        // 65536 × 65536 cells wrapped to 0 in u32 and passed the 4096-cell limit.
+        let err = spec(r#", "output": "grid", "grid": [65536, 65536]"#).unwrap_err();
+        assert!(format!("{err:#}").contains("out of range"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let huge = r#"{"name": "b", "input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "dim": 99999999999}"#;
+        fs::write(dir.path().join(SIDECAR_FILE), huge).unwrap();
+        let err = BackboneSpec::read(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("dim 99999999999 out of range"), "{err:#}");
+    }
 }
