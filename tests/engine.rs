@@ -295,6 +295,36 @@ fn concurrent_runs_wait_for_each_other() {
     assert_eq!(project.runs(), ["a", "b", "c"], "the waiting run finds everything cached");
 }
 
+/// The concurrency campaign's slice: `pipe gc` and `pipe verify --remove` started while a
+/// run is committing wait for it and delete nothing it made or needs; a run of another
+/// pipeline file of the same workspace waits too (the lock is per workspace).
+#[test]
+fn gc_and_verify_during_a_run_wait_and_delete_nothing_it_needs() {
+    let project = chain();
+    project.ok(&["run"]);
+    project.write("solo.yaml", "stages:\n  solo:\n    kind: test-concat\n    deps: {src: side.txt}\n");
+    let run = spawn_sleeping(&project, &["run", "-S", "b.tag=other"], 1500);
+    wait_for(|| project.runs().len() > 3);
+    let gc = spawn_sleeping(&project, &["gc", "--ignore-experiments"], 0);
+    let verify = spawn_sleeping(&project, &["verify", "--remove"], 0);
+    let other = spawn_sleeping(&project, &["-f", "solo.yaml", "run"], 0);
+    for child in [run, gc, verify, other] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(project.ok(&["run", "-S", "b.tag=other"]).contains("0 ran"), "gc kept what the run made");
+    assert!(project.ok(&["-f", "solo.yaml", "run"]).contains("0 ran"));
+    assert!(project.ok(&["verify"]).contains(", 0 damaged"));
+
+    // A pipeline file named like a stage of pipeline.yaml would write its views through
+    // that stage's view into the store; it is refused instead.
+    project.write("other.yaml", "stages:\n  solo:\n    kind: test-concat\n    deps: {src: side.txt}\n");
+    let refused = project.pipe(&["-f", "other.yaml", "run"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("data/out/other is the view of a stage"));
+    assert!(project.ok(&["verify"]).contains(", 0 damaged"));
+}
+
 #[test]
 fn gc_removes_unreferenced_and_verify_finds_damage() {
     let project = chain();

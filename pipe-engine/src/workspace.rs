@@ -90,6 +90,14 @@ impl Workspace {
     /// Points `data/out/<stage>` at an artifact's output directory (relative link, swapped atomically).
     pub fn update_view(&self, stage: &str, output_dir: &Path) -> Result<()> {
         let views = self.views_dir();
+        // pipelines/NAME.yaml's views go to data/out/NAME/; if a stage of pipeline.yaml is
+        // called NAME, that path is its view, a link into the store: never write through it.
+        if fs::symlink_metadata(&views).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            anyhow::bail!(
+                "{} is the view of a stage of another pipeline, named like this pipeline file; rename the stage or the file",
+                views.strip_prefix(&self.root).unwrap_or(&views).display()
+            );
+        }
         fs::create_dir_all(&views).with_context(|| format!("creating {}", views.display()))?;
         let depth = views.strip_prefix(&self.root).map(|p| p.components().count()).unwrap_or(2);
         let relative_store = output_dir.strip_prefix(&self.root).unwrap_or(output_dir);
