@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 mod common;
-use common::{alive, repo};
+use common::{alive, lock_without_timings, output_hashes, project_at};
 
 /// Small enough that one run takes seconds, large enough that every stage takes a while.
 const SIZE: &[&str] =
@@ -37,11 +37,7 @@ struct Workspace {
 
 impl Workspace {
     fn new(root: PathBuf) -> Self {
-        fs::create_dir_all(root.join("data/models")).unwrap();
-        fs::copy(repo().join("pipeline.yaml"), root.join("pipeline.yaml")).unwrap();
-        let backbone = repo().join("data/models/efficientnet_lite0");
-        assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
-        std::os::unix::fs::symlink(&backbone, root.join("data/models/efficientnet_lite0")).unwrap();
+        project_at(&root);
         Self { root }
     }
 
@@ -153,19 +149,7 @@ struct Outcome {
 
 impl Outcome {
     fn of(root: &Path) -> Self {
-        let out = root.join("data/out");
-        let mut outputs = BTreeMap::new();
-        for entry in walkdir::WalkDir::new(&out).follow_links(true) {
-            let entry = entry.unwrap();
-            if entry.file_type().is_file() {
-                let rel = entry.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned();
-                outputs.insert(rel, blake3::hash(&fs::read(entry.path()).unwrap()).to_hex().to_string());
-            }
-        }
-        let lock = fs::read_to_string(root.join("pipe.lock")).unwrap_or_default();
-        let lock =
-            lock.lines().filter(|l| !l.trim_start().starts_with("seconds:")).collect::<Vec<_>>().join("\n");
-        Self { outputs, lock }
+        Self { outputs: output_hashes(root), lock: lock_without_timings(root) }
     }
 }
 

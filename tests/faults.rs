@@ -9,7 +9,6 @@
 //! `PIPE_DISKFULL_ROUNDS` (default 4) sets the number of fill levels, `PIPE_DISKFULL_SEED`
 //! the seed; `scripts/diskfull_campaign.sh` runs more.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,7 +16,7 @@ use std::process::{Command, Output};
 use rand::{Rng, SeedableRng};
 
 mod common;
-use common::repo;
+use common::{output_hashes, project_at};
 
 const SIZE: &[&str] =
     &["-S", "synth.images=160", "-S", "synth.size=64", "-S", "train.epochs=3", "-S", "caption.beam_width=3"];
@@ -57,14 +56,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn project_in(root: &Path) {
-    fs::create_dir_all(root.join("data/models")).unwrap();
-    fs::copy(repo().join("pipeline.yaml"), root.join("pipeline.yaml")).unwrap();
-    let backbone = repo().join("data/models/efficientnet_lite0");
-    assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
-    std::os::unix::fs::symlink(&backbone, root.join("data/models/efficientnet_lite0")).unwrap();
-}
-
 fn pipe(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pipe")).args(args).current_dir(root).output().unwrap()
 }
@@ -78,19 +69,6 @@ fn run(root: &Path, extra: &[&str]) -> Output {
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout))
-}
-
-fn outputs(root: &Path) -> BTreeMap<String, String> {
-    let out = root.join("data/out");
-    let mut files = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(&out).follow_links(true) {
-        let entry = entry.unwrap();
-        if entry.file_type().is_file() {
-            let rel = entry.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned();
-            files.insert(rel, blake3::hash(&fs::read(entry.path()).unwrap()).to_hex().to_string());
-        }
-    }
-    files
 }
 
 fn disk_usage(dir: &Path) -> u64 {
@@ -108,10 +86,10 @@ fn a_full_disk_fails_clearly_keeps_the_store_intact_and_the_next_run_completes()
     let seed = std::env::var("PIPE_DISKFULL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference");
-    project_in(&reference);
+    project_at(&reference);
     let first = run(&reference, &[]);
     assert!(first.status.success(), "{}", text(&first));
-    let expected = outputs(&reference);
+    let expected = output_hashes(&reference);
     // What a whole run writes (store, cache, views, state), with room for temp copies.
     let needed = disk_usage(&reference.join("data")) + disk_usage(&reference.join("pipe.lock"));
     let size = needed * 2 + (4 << 20);
@@ -123,7 +101,7 @@ fn a_full_disk_fails_clearly_keeps_the_store_intact_and_the_next_run_completes()
     let mut failures = Vec::new();
     for round in 0..rounds {
         let root = tmpfs.dir.join(format!("ws{round}"));
-        project_in(&root);
+        project_at(&root);
         // Leave between nothing and all that a run needs free.
         let free = rng.random_range(0..needed);
         let filler = tmpfs.dir.join("filler");
@@ -163,7 +141,7 @@ fn a_full_disk_fails_clearly_keeps_the_store_intact_and_the_next_run_completes()
             if !again.status.success() {
                 return Err(format!("the run with space failed: {}", text(&again)));
             }
-            if outputs(&root) != expected {
+            if output_hashes(&root) != expected {
                 return Err("outputs differ from the uninterrupted run".into());
             }
             Ok(said)
@@ -187,7 +165,7 @@ fn a_full_disk_fails_clearly_keeps_the_store_intact_and_the_next_run_completes()
 fn a_read_only_store_or_cache_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ws");
-    project_in(&root);
+    project_at(&root);
     // The store on a tmpfs that turns read-only after a first run: a changed param must
     // write a new artifact and cannot.
     let Some(store) = Tmpfs::mount(&root.join("data/store"), "size=200m") else { return };
@@ -205,7 +183,7 @@ fn a_read_only_store_or_cache_is_a_clear_error() {
 
     // A read-only feature cache.
     let root = dir.path().join("ws2");
-    project_in(&root);
+    project_at(&root);
     let Some(cache) = Tmpfs::mount(&root.join("data/cache"), "size=1m") else { return };
     cache.remount_read_only();
     let refused = run(&root, &[]);

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{alive, chromium, pipe, project, repo, worker_of};
+use common::{alive, chromium, lock_without_timings, output_hashes, pipe, project, repo, worker_of};
 
 /// Smaller than the default so the suite stays inside the CI budget on 2 cores.
 const REDUCED: &[&str] = &["-S", "synth.images=400", "-S", "train.epochs=12", "-S", "caption.beam_width=3"];
@@ -95,25 +95,6 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     check_report_in_chromium(&report, &metrics(root));
 }
 
-/// Every file below `dir` (following the views' symlinks), by relative path, with its hash.
-fn file_hashes(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut files = std::collections::BTreeMap::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(true) {
-        let entry = entry.unwrap();
-        if entry.file_type().is_file() {
-            let rel = entry.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            files.insert(rel, blake3::hash(&fs::read(entry.path()).unwrap()).to_hex().to_string());
-        }
-    }
-    files
-}
-
-/// The lock file without the lines that say how long stages took.
-fn lock_without_timings(root: &Path) -> String {
-    let lock = fs::read_to_string(root.join("pipe.lock")).unwrap();
-    lock.lines().filter(|line| !line.trim_start().starts_with("seconds:")).collect::<Vec<_>>().join("\n")
-}
-
 /// Outputs are a pure function of their fingerprint: the default pipeline run in two
 /// workspaces, and run again with features from the per-image cache, stores the same
 /// bytes under the same fingerprints. (Timings and cache counts live in run records.)
@@ -123,18 +104,18 @@ fn the_same_fingerprints_hold_the_same_bytes_in_every_workspace() {
     for dir in [&first, &second] {
         pipe(dir.path(), &run_args(&[]));
     }
-    let outputs = file_hashes(&first.path().join("data/out"));
+    let outputs = output_hashes(first.path());
     assert!(outputs.len() > 400, "{} files", outputs.len());
     let differing = |other: &std::collections::BTreeMap<String, String>| -> Vec<String> {
         let names: std::collections::BTreeSet<&String> = outputs.keys().chain(other.keys()).collect();
         names.into_iter().filter(|name| outputs.get(*name) != other.get(*name)).cloned().collect()
     };
-    assert_eq!(differing(&file_hashes(&second.path().join("data/out"))), Vec::<String>::new());
+    assert_eq!(differing(&output_hashes(second.path())), Vec::<String>::new());
     assert_eq!(lock_without_timings(first.path()), lock_without_timings(second.path()));
 
     let again = pipe(first.path(), &run_args(&["--force"]));
     assert!(again.contains("8 ran"), "{again}");
-    assert_eq!(differing(&file_hashes(&first.path().join("data/out"))), Vec::<String>::new());
+    assert_eq!(differing(&output_hashes(first.path())), Vec::<String>::new());
     let shown = pipe(first.path(), &["show", "features"]);
     assert!(shown.contains("run.reused: 400"), "the forced rerun took every image from the cache:\n{shown}");
 }

@@ -20,13 +20,39 @@ pub fn pipe(root: &Path, args: &[&str]) -> String {
 /// A project holding the repository's pipeline.yaml and its exported backbone.
 pub fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    fs::copy(repo().join("pipeline.yaml"), dir.path().join("pipeline.yaml")).unwrap();
-    let models = dir.path().join("data/models");
+    project_at(dir.path());
+    dir
+}
+
+/// [`project`] in a given folder.
+pub fn project_at(root: &Path) {
+    let models = root.join("data/models");
     fs::create_dir_all(&models).unwrap();
+    fs::copy(repo().join("pipeline.yaml"), root.join("pipeline.yaml")).unwrap();
     let backbone = repo().join("data/models/efficientnet_lite0");
     assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
     std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
-    dir
+}
+
+/// Every file below a project's `data/out` (following the views' links), by relative path,
+/// with its blake3 hash: what "the same outputs" means in the determinism tests.
+pub fn output_hashes(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let out = root.join("data/out");
+    let mut files = std::collections::BTreeMap::new();
+    for entry in walkdir::WalkDir::new(&out).follow_links(true) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let rel = entry.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+            files.insert(rel, blake3::hash(&fs::read(entry.path()).unwrap()).to_hex().to_string());
+        }
+    }
+    files
+}
+
+/// A project's lock file without the lines that say how long stages took.
+pub fn lock_without_timings(root: &Path) -> String {
+    let lock = fs::read_to_string(root.join("pipe.lock")).unwrap_or_default();
+    lock.lines().filter(|line| !line.trim_start().starts_with("seconds:")).collect::<Vec<_>>().join("\n")
 }
 
 /// The first of `names` found on PATH.
