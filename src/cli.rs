@@ -10,9 +10,11 @@ use pipe_engine::lockfile::LockFile;
 use pipe_engine::query::Results;
 use pipe_engine::reporter::Reporter;
 use pipe_engine::runner::{RunOptions, Runner, StageFailed, StageState};
+use pipe_engine::slurm::{PipeCommand, SlurmOptions};
 use pipe_engine::spec::{self, KindRegistry, Override, Pipeline, SpecError};
+use pipe_engine::stage::Shard;
 use pipe_engine::store::{disk_usage, Store};
-use pipe_engine::workspace::{Workspace, WorkspaceBusy};
+use pipe_engine::workspace::{LockMode, Workspace, WorkspaceBusy};
 
 /// Exit codes, distinct per failure class.
 pub mod exit {
@@ -89,6 +91,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload the current artifacts of the stages (default: all) to the remote store
+    /// (`$PIPE_REMOTE` or `remote:` in .pipe/config.yaml: s3://bucket/prefix or file:///path).
+    Push { stages: Vec<String> },
+    /// Download the current artifacts of the stages (default: all) from the remote store,
+    /// checking every file against its hash, and point data/out at them.
+    Pull { stages: Vec<String> },
+    /// Write a sharded stage as Kubernetes Jobs (an Indexed Job of shards, then a merge),
+    /// with the store on S3.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// Compute one shard of a shardable stage (`features`) into its kind's cache: what a
+    /// cluster's array task runs. The stage's normal run, after all shards, finds the work
+    /// cached and writes the same bytes as a run on one machine.
+    Shard(ShardArgs),
     /// Print the content hash of files or directories, as the engine computes it (no stat cache).
     Hash {
         #[arg(required = true)]
@@ -153,6 +169,97 @@ struct RunArgs {
     /// name derived from the stages' fingerprints.
     #[arg(long)]
     name: Option<String>,
+    /// Where stale stages run: here, or as Slurm jobs (`sbatch`, chained with
+    /// afterok dependencies, all submitted at once; a sharded stage as a job array).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: Executor,
+    /// Slurm partition for every job (--executor slurm).
+    #[arg(long, value_name = "P")]
+    partition: Option<String>,
+    /// An extra `sbatch` argument for every job, such as --slurm-arg=--time=2:00:00 (repeatable).
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    slurm_args: Vec<String>,
+    /// Split every shardable stage (features) into N array tasks, instead of its `shards:`.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Submit the jobs and return; `pipe status` shows them.
+    #[arg(long)]
+    detach: bool,
+    /// Fetch a stale stage from the remote store when it holds its fingerprint, instead of
+    /// computing it.
+    #[arg(long)]
+    pull: bool,
+    /// Upload every artifact this run computes to the remote store.
+    #[arg(long)]
+    push: bool,
+    /// Record no experiment (each Slurm job runs one stage; the submitting run records).
+    #[arg(long, hide = true)]
+    no_record: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Executor {
+    Local,
+    Slurm,
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// An Indexed Job of `pipe shard` pods and the merge Job, as YAML for `kubectl apply`.
+    K8s(K8sArgs),
+}
+
+#[derive(Args)]
+struct K8sArgs {
+    /// The stage to shard (a shardable kind: features).
+    stage: String,
+    /// Pods, one slice each.
+    #[arg(long = "shards", value_name = "N")]
+    shards: usize,
+    /// The container image holding `pipe` and this project.
+    #[arg(long)]
+    image: String,
+    /// The project root inside the image.
+    #[arg(long, default_value = "/workspace")]
+    workdir: String,
+    /// The remote store the pods share (default: this workspace's, from $PIPE_REMOTE or
+    /// .pipe/config.yaml).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    remote: Option<String>,
+    /// The Secret holding the AWS variables, passed to the pods as environment.
+    #[arg(long, default_value = "pipe-aws")]
+    aws_secret: String,
+    /// Override a param, as for `run` (passed to the pods).
+    #[arg(short = 'S', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Write to FILE instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ShardArgs {
+    /// The stage to shard.
+    stage: String,
+    /// This shard's index, 0-based. Default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX
+    /// (a Kubernetes Indexed Job).
+    #[arg(long)]
+    index: Option<usize>,
+    /// How many shards the stage is split into.
+    #[arg(long = "of", value_name = "N")]
+    count: usize,
+    /// Override a param, as for `run`.
+    #[arg(short = 'S', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<Override>,
+    /// Fail at once, instead of waiting, if another pipe computes a stage this one needs.
+    #[arg(long)]
+    no_wait: bool,
+    /// Fetch the stages it needs, and the kind's cache, from the remote store.
+    #[arg(long)]
+    pull: bool,
+    /// Upload the shard's cache work to the remote store (for a merge on another machine).
+    #[arg(long)]
+    push: bool,
 }
 
 #[derive(Args)]
@@ -201,14 +308,30 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
     };
     match cli.command {
         Command::Run(args) => {
-            let _lock = if args.dry_run { None } else { Some(workspace.lock(!args.no_wait, &reporter)?) };
+            let _lock = if args.dry_run {
+                None
+            } else {
+                Some(workspace.lock(LockMode::Shared, !args.no_wait, &reporter)?)
+            };
             let options = RunOptions {
-                targets: args.stages,
+                targets: args.stages.clone(),
                 force: args.force,
                 dry_run: args.dry_run,
                 jobs: args.jobs,
+                no_wait: args.no_wait,
+                pull: args.pull,
+                push: args.push,
             };
-            if args.sweep.is_empty() {
+            if args.executor == Executor::Slurm {
+                return run_on_slurm(&workspace, &load, &args, &options, &reporter);
+            }
+            if args.partition.is_some() || !args.slurm_args.is_empty() || args.shards.is_some() || args.detach
+            {
+                bail!("--partition, --slurm-arg, --shards and --detach go with --executor slurm");
+            }
+            if args.no_record {
+                crate::cli_exp::runner(&workspace, &load(&args.set)?, &options, &reporter)?.run(&options)?;
+            } else if args.sweep.is_empty() {
                 crate::cli_exp::run_and_record(
                     &workspace,
                     &load,
@@ -238,8 +361,61 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             let pipeline = load(&[])?;
             print_dag(&pipeline, dot)
         }
+        Command::Push { stages } => {
+            let _lock = workspace.lock(LockMode::Shared, true, &reporter)?;
+            crate::cli_remote::push(&workspace, &load(&[])?, &stages, reporter)?;
+            Ok(exit::OK)
+        }
+        Command::Pull { stages } => {
+            let _lock = workspace.lock(LockMode::Shared, true, &reporter)?;
+            crate::cli_remote::pull(&workspace, &load(&[])?, &stages, reporter)?;
+            Ok(exit::OK)
+        }
+        Command::Export(ExportCommand::K8s(args)) => {
+            let pipeline = load(&args.set)?;
+            let remote = match args.remote {
+                Some(remote) => remote,
+                None => pipe_engine::remote::Remote::required(&workspace)?.url().to_string(),
+            };
+            let export = pipe_engine::kubernetes::K8sExport {
+                stage: args.stage,
+                shards: args.shards,
+                image: args.image,
+                workdir: args.workdir,
+                remote,
+                aws_secret: args.aws_secret,
+                pipeline_file: workspace.pipeline_file.to_string_lossy().into_owned(),
+                overrides: args.set.iter().map(ToString::to_string).collect(),
+            };
+            let yaml = pipe_engine::kubernetes::export(&pipeline, &export)?;
+            match args.output {
+                Some(path) => pipe_engine::fsutil::write_atomic(&path, yaml.as_bytes())?,
+                None => print!("{yaml}"),
+            }
+            Ok(exit::OK)
+        }
+        Command::Shard(args) => {
+            let _lock = workspace.lock(LockMode::Shared, !args.no_wait, &reporter)?;
+            let index = match args.index {
+                Some(index) => index,
+                None => shard_index_from_env()?,
+            };
+            let pipeline = load(&args.set)?;
+            let options = RunOptions {
+                no_wait: args.no_wait,
+                pull: args.pull,
+                push: args.push,
+                ..RunOptions::default()
+            };
+            crate::cli_exp::runner(&workspace, &pipeline, &options, &reporter)?.run_shard(
+                &args.stage,
+                Shard { index, count: args.count },
+                &options,
+            )?;
+            Ok(exit::OK)
+        }
         Command::Gc { dry_run, ignore_experiments } => {
-            let _lock = workspace.lock(true, &reporter)?;
+            let _lock = workspace.lock(LockMode::Exclusive, true, &reporter)?;
             gc(&workspace, dry_run, ignore_experiments, reporter)
         }
         Command::Exp(ExpCommand::Show { format, csv, json }) => {
@@ -254,11 +430,13 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             crate::cli_exp::show(&workspace, format, &reporter)
         }
         Command::Exp(ExpCommand::Apply { name, jobs }) => {
-            let _lock = workspace.lock(true, &reporter)?;
+            let _lock = workspace.lock(LockMode::Shared, true, &reporter)?;
             crate::cli_exp::apply(&workspace, &load, &name, jobs, &reporter)
         }
         Command::Verify { remove } => {
-            let _lock = workspace.lock(true, &reporter)?;
+            // Rehashing alone can share the workspace with runs; deleting cannot.
+            let mode = if remove { LockMode::Exclusive } else { LockMode::Shared };
+            let _lock = workspace.lock(mode, true, &reporter)?;
             verify(&workspace, remove, reporter)
         }
         Command::Show { stages, json } => {
@@ -277,6 +455,61 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
             crate::cli_caption::run(&results, &pipeline, &args)
         }
     }
+}
+
+/// `pipe run --executor slurm`: submits the stale stages, follows the jobs, then records
+/// the run as a local run would (every stage is then a cache hit).
+fn run_on_slurm(
+    workspace: &Workspace,
+    load: &crate::cli_exp::LoadPipeline,
+    args: &RunArgs,
+    options: &RunOptions,
+    reporter: &Reporter,
+) -> Result<u8> {
+    if !args.sweep.is_empty() || args.dry_run || args.force || args.jobs != 1 {
+        bail!("--executor slurm takes no --sweep, --dry-run, --force or --jobs (Slurm runs independent stages at once)");
+    }
+    if args.shards == Some(0) {
+        bail!("--shards must be at least 1");
+    }
+    let pipeline = load(&args.set)?;
+    let command = PipeCommand {
+        program: std::env::current_exe().context("finding the pipe executable")?,
+        global_args: vec![
+            "-C".into(),
+            workspace.root.to_string_lossy().into_owned(),
+            "-f".into(),
+            workspace.pipeline_file.to_string_lossy().into_owned(),
+        ],
+        overrides: args.set.iter().map(ToString::to_string).collect(),
+    };
+    let slurm = SlurmOptions {
+        partition: args.partition.clone(),
+        sbatch_args: args.slurm_args.clone(),
+        shards: args.shards,
+        detach: args.detach,
+    };
+    let submission = pipe_engine::slurm::run(workspace, &pipeline, &args.stages, &command, &slurm, reporter)?;
+    if let (Some(submission), true) = (&submission, args.detach) {
+        eprintln!(
+            "{} jobs submitted (records in {}); `pipe status` shows them",
+            submission.jobs.len(),
+            display_relative(&submission.dir, &workspace.root)
+        );
+        return Ok(exit::OK);
+    }
+    crate::cli_exp::run_and_record(workspace, load, &args.set, options, args.name.as_deref(), reporter)?;
+    Ok(exit::OK)
+}
+
+/// A shard's index from the cluster's environment.
+fn shard_index_from_env() -> Result<usize> {
+    for var in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"] {
+        if let Ok(value) = std::env::var(var) {
+            return value.trim().parse().with_context(|| format!("${var} is `{value}`, not a shard index"));
+        }
+    }
+    bail!("no --index given, and neither $SLURM_ARRAY_TASK_ID nor $JOB_COMPLETION_INDEX is set")
 }
 
 fn show(
@@ -386,6 +619,12 @@ fn status(workspace: &Workspace, pipeline: &Pipeline, targets: &[String], report
     }
     if stale == 0 {
         println!("Everything is up to date.");
+    }
+    if let Some(jobs) = pipe_engine::slurm::describe_latest(workspace) {
+        println!("Slurm jobs of the last `pipe run --executor slurm`:");
+        for line in jobs {
+            println!("  {line}");
+        }
     }
     Ok(exit::OK)
 }

@@ -23,6 +23,21 @@ pub type LoadPipeline<'a> = dyn Fn(&[Override]) -> Result<Pipeline> + 'a;
 
 /// Runs the pipeline with `overrides` and, unless it was a dry run, records the
 /// experiment (named `name` or by its fingerprints). Returns the stage outcomes.
+/// A runner for `options`: with the workspace's remote store when they pull or push.
+pub fn runner<'a>(
+    workspace: &'a Workspace,
+    pipeline: &'a Pipeline,
+    options: &RunOptions,
+    reporter: &Reporter,
+) -> Result<Runner<'a>> {
+    let runner = Runner::new(workspace, pipeline, reporter.clone())?;
+    Ok(if options.pull || options.push {
+        runner.with_remote(pipe_engine::remote::Remote::required(workspace)?)
+    } else {
+        runner
+    })
+}
+
 pub fn run_and_record(
     workspace: &Workspace,
     load: &LoadPipeline,
@@ -33,7 +48,7 @@ pub fn run_and_record(
 ) -> Result<(Vec<StageOutcome>, Option<Experiment>)> {
     let pipeline = load(overrides)?;
     let started = Instant::now();
-    let outcomes = Runner::new(workspace, &pipeline, reporter.clone())?.run(options)?;
+    let outcomes = runner(workspace, &pipeline, options, reporter)?.run(options)?;
     if options.dry_run {
         return Ok((outcomes, None));
     }

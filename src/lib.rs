@@ -14,4 +14,5 @@ pub mod cli;
 mod cli_caption;
 mod cli_exp;
 mod cli_metrics;
+mod cli_remote;
 mod serve;

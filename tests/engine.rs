@@ -278,11 +278,13 @@ fn sigkill_mid_stage_leaves_nothing_trusted_and_next_run_completes() {
     assert!(project.ok(&["verify"]).contains("0 damaged"));
 }
 
+/// Two runs that want the same stage: one computes it, the other waits for it (or, with
+/// --no-wait, fails at once) and reuses it.
 #[test]
 fn concurrent_runs_wait_for_each_other() {
     let project = chain();
     let first = spawn_sleeping(&project, &["run"], 1000);
-    wait_for(|| project.root().join("data/.pipe/run.lock").exists() && !project.runs().is_empty());
+    wait_for(|| !project.runs().is_empty());
     let busy = project.pipe(&["run", "--no-wait"]);
     assert_eq!(busy.status.code(), Some(4), "{}", String::from_utf8_lossy(&busy.stderr));
     assert!(String::from_utf8_lossy(&busy.stderr).contains("another `pipe` process"));
@@ -293,11 +295,33 @@ fn concurrent_runs_wait_for_each_other() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(project.runs(), ["a", "b", "c"], "the waiting run finds everything cached");
+    assert_eq!(project.ok(&["status"]).lines().filter(|line| line.ends_with(": up to date")).count(), 4);
+}
+
+/// The lock is per artifact, not per workspace (DVC's #7419): stages that a running
+/// pipeline is not computing run at once, from this pipeline file or another, and every
+/// run's stages end up in the lock file.
+#[test]
+fn runs_that_share_no_stage_run_at_the_same_time() {
+    let project = chain();
+    project.write("solo.yaml", "stages:\n  solo:\n    kind: test-concat\n    deps: {src: side.txt}\n");
+    let mut slow = spawn_sleeping(&project, &["run", "a"], 2000);
+    wait_for(|| !project.runs().is_empty());
+    for args in [&["run", "other"][..], &["-f", "solo.yaml", "run"]] {
+        let out = spawn_sleeping(&project, args, 0).wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(slow.try_wait().unwrap().is_none(), "both ended while stage a was still being computed");
+    let out = slow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The slow run read pipe.lock before `other` was added to it, and wrote it after.
+    let lock = project.read("pipe.lock");
+    assert!(lock.contains("\n  a:") && lock.contains("\n  other:"), "{lock}");
+    assert!(project.ok(&["-f", "solo.yaml", "run"]).contains("0 ran"));
 }
 
 /// The concurrency campaign's slice: `pipe gc` and `pipe verify --remove` started while a
-/// run is committing wait for it and delete nothing it made or needs; a run of another
-/// pipeline file of the same workspace waits too (the lock is per workspace).
+/// run is committing wait for it and delete nothing it made or needs.
 #[test]
 fn gc_and_verify_during_a_run_wait_and_delete_nothing_it_needs() {
     let project = chain();

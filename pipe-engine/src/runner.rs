@@ -5,17 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::fingerprint::{DirtyReason, Fingerprint};
 use crate::hashing::{hash_uncached, StatCache};
 use crate::lockfile::{LockFile, LockedStage};
+use crate::remote::Remote;
 use crate::reporter::Reporter;
 use crate::spec::{DepSource, Pipeline, StageSpec};
-use crate::stage::{Execution, LineageEntry, StageContext};
+use crate::stage::{Execution, LineageEntry, Shard, StageContext};
 use crate::store::{Committed, Manifest, Store};
 use crate::worker::run_in_worker;
-use crate::workspace::Workspace;
+use crate::workspace::{RunLock, Workspace};
 
 /// What `pipe status` reports for one stage.
 #[derive(Debug)]
@@ -39,6 +40,13 @@ pub struct RunOptions {
     pub force: bool,
     pub dry_run: bool,
     pub jobs: usize,
+    /// Fail at once, rather than wait, when another run is computing a stage this one needs.
+    pub no_wait: bool,
+    /// Fetch a stale stage's artifact from the remote store when it holds it, instead of
+    /// computing it (see [`Runner::with_remote`]), and the kind's cache before computing one.
+    pub pull: bool,
+    /// Upload each artifact this run computes to the remote store (and a shard's cache work).
+    pub push: bool,
 }
 
 /// A completed (run or cached) upstream stage.
@@ -62,6 +70,7 @@ pub struct Runner<'a> {
     stat_cache: StatCache,
     lock: LockFile,
     reporter: Reporter,
+    remote: Option<Remote>,
 }
 
 /// The bookkeeping of one `run`: what is done, what waits, what runs, what failed.
@@ -74,6 +83,19 @@ struct RunState {
     failure: Option<anyhow::Error>,
 }
 
+impl RunState {
+    fn new(selected: Vec<String>) -> Self {
+        Self {
+            pending: selected.clone(),
+            selected,
+            running: HashSet::new(),
+            done: HashMap::new(),
+            outcomes: Vec::new(),
+            failure: None,
+        }
+    }
+}
+
 /// What a stage thread sends back when it ends.
 type Finished = (String, ResolvedInputs, Result<Committed>);
 
@@ -84,6 +106,8 @@ struct Job<'a> {
     fingerprint: String,
     context: StageContext,
     store: Store,
+    /// This artifact's lock, held until it is committed.
+    _entry_lock: RunLock,
 }
 
 impl Job<'_> {
@@ -102,7 +126,14 @@ impl<'a> Runner<'a> {
             stat_cache: StatCache::load(&workspace.stat_cache_path()),
             lock: LockFile::load(&workspace.lock_file_path())?,
             reporter,
+            remote: None,
         })
+    }
+
+    /// The remote store that `RunOptions::pull` fetches from.
+    pub fn with_remote(mut self, remote: Remote) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     fn stage(&self, name: &str) -> &'a StageSpec {
@@ -220,23 +251,77 @@ impl<'a> Runner<'a> {
         if options.dry_run {
             return self.dry_run(&options.targets);
         }
-        // The caller holds the workspace lock: what a killed run left half-written is nobody's.
-        self.workspace.remove_stale_temps()?;
-        let selected = self.pipeline.dag.select(&options.targets)?;
-        let mut state = RunState {
-            pending: selected.clone(),
-            selected,
-            running: HashSet::new(),
-            done: HashMap::new(),
-            outcomes: Vec::new(),
-            failure: None,
+        let state = self.run_selected(self.pipeline.dag.select(&options.targets)?, options)?;
+        match state.failure {
+            Some(err) => Err(StageFailed(err).into()),
+            None => Ok(state.outcomes),
+        }
+    }
+
+    /// Computes one shard of a stage (see [`crate::stage::StageKind::shardable`]) into its
+    /// kind's cache, after bringing the stages it needs up to date. Nothing is committed:
+    /// the stage's normal run, later, finds the shards' work in the cache. Returns false
+    /// when there was nothing to do (the stage's artifact is already stored).
+    pub fn run_shard(&mut self, name: &str, shard: Shard, options: &RunOptions) -> Result<bool> {
+        let stage = self.pipeline.stage(name).ok_or_else(|| anyhow!("no stage named `{name}`"))?;
+        if !stage.kind.shardable() {
+            bail!("stage {name}: kind `{}` cannot be split into shards", stage.kind.name());
+        }
+        if shard.count == 0 || shard.index >= shard.count {
+            bail!("shard {shard}: the index must be below the count");
+        }
+        let upstream: Vec<String> = stage.upstream().map(str::to_string).collect();
+        let state = if upstream.is_empty() {
+            RunState::new(Vec::new())
+        } else {
+            self.run_selected(self.pipeline.dag.select(&upstream)?, options)?
         };
+        if let Some(err) = state.failure {
+            return Err(StageFailed(err).into());
+        }
+        let resolved = self.resolve_selected(stage, &state.done)?;
+        let fingerprint = resolved.fingerprint.digest();
+        if !options.force && self.intact_artifact(name, &fingerprint)?.is_some() {
+            self.say(format!("  cached  {:<12} {} (no shard to compute)", name, &fingerprint[..12]));
+            return Ok(false);
+        }
+        self.say(format!("  run     {name:<12} shard {shard}"));
+        self.pull_cache(stage, options)?;
+        let started = Instant::now();
+        let out_dir = self.store.begin_shard(&fingerprint, shard)?;
+        let mut context = self.context_in(stage, &resolved, &fingerprint, &state.done, out_dir.clone())?;
+        context.run_record = out_dir.join("run.json");
+        context.shard = Some(shard);
+        let result = match stage.kind.execution() {
+            Execution::InProcess => stage.kind.run(&context),
+            Execution::Worker(program) => run_in_worker(program, stage.kind.name(), &context),
+        };
+        self.store.end_shard(&out_dir)?;
+        result.map_err(|err| StageFailed(err.context(format!("stage `{name}` shard {shard} failed"))))?;
+        self.say(format!("  ran     {name:<12} shard {shard} {:.1}s", started.elapsed().as_secs_f64()));
+        if let (true, Some(remote)) = (options.push, &self.remote) {
+            let cache = self.workspace.kind_cache_dir(stage.kind.name());
+            let uploaded =
+                remote.push_cache(stage.kind.name(), &cache).context("pushing the shard's cache")?;
+            self.say(format!(
+                "  pushed  {name:<12} shard {shard}: {uploaded} cache files to {}",
+                remote.url()
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Runs `selected` (in DAG order), reusing what is stored.
+    fn run_selected(&mut self, selected: Vec<String>, options: &RunOptions) -> Result<RunState> {
+        // Only the temp files of processes that are gone: concurrent runs keep theirs.
+        self.workspace.remove_stale_temps()?;
+        let mut state = RunState::new(selected);
         let (sender, receiver) = mpsc::channel::<Finished>();
         std::thread::scope(|scope| -> Result<()> {
             loop {
                 while state.failure.is_none() && state.running.len() < options.jobs.max(1) {
                     let Some(name) = self.next_ready(&mut state) else { break };
-                    if let Some(job) = self.start_or_reuse(&name, options.force, &mut state)? {
+                    if let Some(job) = self.start_or_reuse(&name, options, &mut state)? {
                         let sender = sender.clone();
                         scope.spawn(move || {
                             let _ = sender.send(job.run());
@@ -247,15 +332,12 @@ impl<'a> Runner<'a> {
                     break;
                 }
                 let finished = receiver.recv().expect("a running stage always reports");
-                self.finish(finished, &mut state)?;
+                self.finish(finished, options, &mut state)?;
             }
             Ok(())
         })?;
         self.save_stat_cache();
-        match state.failure {
-            Some(err) => Err(StageFailed(err).into()),
-            None => Ok(state.outcomes),
-        }
+        Ok(state)
     }
 
     /// Takes the first pending stage whose selected upstream stages are all done.
@@ -269,36 +351,109 @@ impl<'a> Runner<'a> {
     }
 
     /// Completes a stage from the store when its artifact exists (and the run is not
-    /// forced); otherwise prepares its output directory and returns the job to run.
-    fn start_or_reuse(&mut self, name: &str, force: bool, state: &mut RunState) -> Result<Option<Job<'a>>> {
+    /// forced); otherwise locks the artifact, prepares its output directory and returns
+    /// the job to run. A run that finds another computing the artifact waits for it and
+    /// reuses what it committed.
+    fn start_or_reuse(
+        &mut self,
+        name: &str,
+        options: &RunOptions,
+        state: &mut RunState,
+    ) -> Result<Option<Job<'a>>> {
         let stage = self.stage(name);
         let resolved = self.resolve_selected(stage, &state.done)?;
         let fingerprint = resolved.fingerprint.digest();
-        if !force {
+        if !options.force {
             if let Some(manifest) = self.intact_artifact(name, &fingerprint)? {
-                self.record(stage, &resolved, &manifest)?;
-                self.say(format!("  cached  {:<12} {}", name, &fingerprint[..12]));
-                state.outcomes.push(StageOutcome {
-                    stage: name.to_string(),
-                    fingerprint,
-                    ran: false,
-                    seconds: 0.0,
-                });
-                let output_dir = self.store.output_dir(&manifest.fingerprint);
-                state.done.insert(name.to_string(), Done { manifest, output_dir });
+                self.reuse(stage, &resolved, manifest, state)?;
                 return Ok(None);
             }
         }
-        let why = if force {
+        let entry_lock = self.store.lock_entry(&fingerprint, !options.no_wait, |holder| {
+            self.say(format!("  waiting {name:<12} (pid {holder} is computing it)"))
+        })?;
+        if !options.force {
+            if let Some(manifest) = self.intact_artifact(name, &fingerprint)? {
+                self.reuse(stage, &resolved, manifest, state)?;
+                return Ok(None);
+            }
+            if let Some(manifest) = self.pull(name, &fingerprint, options)? {
+                self.reuse(stage, &resolved, manifest, state)?;
+                return Ok(None);
+            }
+        }
+        let why = if options.force {
             DirtyReason::Forced.to_string()
         } else {
             let reasons = self.reasons(stage, Some(&resolved), &[]);
             reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
         };
         self.say(format!("  run     {:<12} ({why})", name));
+        self.pull_cache(stage, options)?;
         let context = self.context(stage, &resolved, &fingerprint, &state.done)?;
         state.running.insert(name.to_string());
-        Ok(Some(Job { stage, resolved, fingerprint, context, store: self.store.clone() }))
+        Ok(Some(Job {
+            stage,
+            resolved,
+            fingerprint,
+            context,
+            store: self.store.clone(),
+            _entry_lock: entry_lock,
+        }))
+    }
+
+    /// The artifact fetched from the remote store, when `--pull` asks for it and the remote
+    /// holds it. A remote copy that fails its checks is reported, and the stage computed here.
+    fn pull(&self, name: &str, fingerprint: &str, options: &RunOptions) -> Result<Option<Manifest>> {
+        let (true, Some(remote)) = (options.pull, &self.remote) else { return Ok(None) };
+        match remote.pull(&self.store, fingerprint) {
+            Ok(Some(Committed { manifest, files })) => {
+                self.say(format!("  pulled  {name:<12} {} from {}", &fingerprint[..12], remote.url()));
+                let out = self.store_relative(fingerprint);
+                self.stat_cache.remember_files(&self.workspace.root, &out, &files);
+                Ok(Some(manifest))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                self.reporter.warn(&format!("stage {name}: {err:#}; computing it here"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// With `--pull`, fetches what the remote holds of the kind's cache (the work of shards
+    /// that ran elsewhere) before the stage computes.
+    fn pull_cache(&self, stage: &StageSpec, options: &RunOptions) -> Result<()> {
+        let (true, Some(remote)) = (options.pull, &self.remote) else { return Ok(()) };
+        let kind = stage.kind.name();
+        let added = remote
+            .pull_cache(kind, &self.workspace.kind_cache_dir(kind), |line| self.reporter.warn(&line))
+            .with_context(|| format!("stage {}: fetching the {kind} cache", stage.name))?;
+        if added > 0 {
+            self.say(format!("  pulled  {:<12} {added} cache files from {}", stage.name, remote.url()));
+        }
+        Ok(())
+    }
+
+    /// Completes a stage from its stored artifact.
+    fn reuse(
+        &mut self,
+        stage: &StageSpec,
+        resolved: &ResolvedInputs,
+        manifest: Manifest,
+        state: &mut RunState,
+    ) -> Result<()> {
+        self.record(stage, resolved, &manifest)?;
+        self.say(format!("  cached  {:<12} {}", stage.name, &manifest.fingerprint[..12]));
+        state.outcomes.push(StageOutcome {
+            stage: stage.name.clone(),
+            fingerprint: manifest.fingerprint.clone(),
+            ran: false,
+            seconds: 0.0,
+        });
+        let output_dir = self.store.output_dir(&manifest.fingerprint);
+        state.done.insert(stage.name.clone(), Done { manifest, output_dir });
+        Ok(())
     }
 
     /// The manifest of the stage's artifact, unless the artifact is missing or was changed
@@ -331,7 +486,12 @@ impl<'a> Runner<'a> {
     }
 
     /// Records a stage that ended: into the lock file and `done`, or as the run's failure.
-    fn finish(&mut self, (name, resolved, result): Finished, state: &mut RunState) -> Result<()> {
+    fn finish(
+        &mut self,
+        (name, resolved, result): Finished,
+        options: &RunOptions,
+        state: &mut RunState,
+    ) -> Result<()> {
         state.running.remove(&name);
         match result {
             Ok(Committed { manifest, files }) => {
@@ -343,6 +503,17 @@ impl<'a> Runner<'a> {
                 self.stat_cache.remember_files(&self.workspace.root, &out, &files);
                 self.record(self.stage(&name), &resolved, &manifest)?;
                 self.say(format!("  ran     {:<12} {:.1}s", name, manifest.seconds));
+                if let (true, Some(remote)) = (options.push, &self.remote) {
+                    remote
+                        .push(&self.store, &manifest.fingerprint)
+                        .with_context(|| format!("stage {name}: pushing"))?;
+                    self.say(format!(
+                        "  pushed  {:<12} {} to {}",
+                        name,
+                        &manifest.fingerprint[..12],
+                        remote.url()
+                    ));
+                }
                 state.outcomes.push(StageOutcome {
                     stage: name.clone(),
                     fingerprint: manifest.fingerprint.clone(),
@@ -387,6 +558,18 @@ impl<'a> Runner<'a> {
         done: &HashMap<String, Done>,
     ) -> Result<StageContext> {
         let out_dir = self.store.begin(fingerprint, stage.kind.resumable())?;
+        self.context_in(stage, resolved, fingerprint, done, out_dir)
+    }
+
+    /// The context of a stage writing into `out_dir`.
+    fn context_in(
+        &self,
+        stage: &StageSpec,
+        resolved: &ResolvedInputs,
+        fingerprint: &str,
+        done: &HashMap<String, Done>,
+        out_dir: PathBuf,
+    ) -> Result<StageContext> {
         let ancestors = self.pipeline.dag.select(std::slice::from_ref(&stage.name))?;
         let lineage = ancestors
             .iter()
@@ -409,6 +592,7 @@ impl<'a> Runner<'a> {
             workspace: self.workspace.root.clone(),
             lineage,
             run_record: self.store.run_record_path(fingerprint),
+            shard: None,
             reporter: self.reporter.clone(),
         })
     }
@@ -428,8 +612,14 @@ impl<'a> Runner<'a> {
         };
         // A no-op run writes nothing: neither the lock file nor the views change.
         if self.lock.stages.get(&stage.name) != Some(&entry) {
-            self.lock.stages.insert(stage.name.clone(), entry);
-            self.lock.save(&self.workspace.lock_file_path())?;
+            // Other runs of this pipeline may have recorded their stages since this one
+            // read the file: reread it under the edit lock and add this stage to it.
+            let _guard = self.workspace.lock_file_guard()?;
+            let path = self.workspace.lock_file_path();
+            let mut current = LockFile::load(&path)?;
+            current.stages.insert(stage.name.clone(), entry);
+            current.save(&path)?;
+            self.lock = current;
         }
         self.workspace.update_view(&stage.name, &self.store.output_dir(&manifest.fingerprint))
     }

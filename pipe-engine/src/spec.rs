@@ -86,7 +86,10 @@ impl KindRegistry {
 }
 
 /// The keys every stage has.
-const STAGE_FIELDS: [&str; 4] = ["kind", "desc", "params", "deps"];
+const STAGE_FIELDS: [&str; 5] = ["kind", "desc", "params", "deps", "shards"];
+
+/// The most shards a stage may be split into.
+pub const MAX_SHARDS: usize = 10_000;
 
 struct RawPipeline {
     params: serde_yaml::Value,
@@ -98,6 +101,7 @@ struct RawStage {
     desc: Option<String>,
     params: serde_yaml::Value,
     deps: RawDeps,
+    shards: Option<usize>,
     /// Keys some kind declares as its own (`cmd:`, `outs:`), checked against this
     /// stage's kind once it is known.
     kind_keys: IndexMap<String, serde_yaml::Value>,
@@ -244,7 +248,7 @@ impl<'de> Visitor<'de> for StageSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawStage, A::Error> {
-        let (mut kind, mut desc, mut params, mut deps) = (None, None, None, None);
+        let (mut kind, mut desc, mut params, mut deps, mut shards) = (None, None, None, None, None);
         let mut kind_keys = IndexMap::new();
         let allowed: Vec<&str> = STAGE_FIELDS.iter().chain(self.kind_keys.iter()).copied().collect();
         let mut seen = BTreeSet::new();
@@ -256,6 +260,7 @@ impl<'de> Visitor<'de> for StageSeed<'_> {
                 "desc" => desc = map.next_value::<Option<String>>()?,
                 "params" => params = Some(map.next_value::<serde_yaml::Value>()?),
                 "deps" => deps = Some(raw_deps(map.next_value::<serde_yaml::Value>()?)?),
+                "shards" => shards = Some(map.next_value::<usize>()?),
                 _ => {
                     kind_keys.insert(key.clone(), map.next_value::<serde_yaml::Value>()?);
                 }
@@ -267,6 +272,7 @@ impl<'de> Visitor<'de> for StageSeed<'_> {
             desc,
             params: params.unwrap_or_default(),
             deps: deps.unwrap_or_default(),
+            shards,
             kind_keys,
         })
     }
@@ -327,6 +333,9 @@ pub struct StageSpec {
     pub params: Value,
     pub deps: Vec<DepSpec>,
     pub outputs: Vec<String>,
+    /// Into how many slices a cluster executor splits the stage (`shards:`; 1 = not
+    /// split). Not a param: how work is spread never changes what it produces.
+    pub shards: usize,
 }
 
 impl StageSpec {
@@ -370,6 +379,13 @@ impl Pipeline {
 pub struct Override {
     pub path: Vec<String>,
     pub value: Value,
+}
+
+/// Written back as `-S` takes it (the value as JSON, which YAML reads the same).
+impl fmt::Display for Override {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}={}", self.path.join("."), self.value)
+    }
 }
 
 impl std::str::FromStr for Override {
@@ -556,7 +572,20 @@ fn validate_stage(
         }
     }
     let outputs = kind.outputs(&params);
-    Ok(StageSpec { name, kind, desc: raw.desc, params, deps, outputs })
+    let shards = raw.shards.unwrap_or(1);
+    if !(1..=MAX_SHARDS).contains(&shards) {
+        return Err(KeyError::new(
+            format!("{key}.shards"),
+            format!("must be 1..={MAX_SHARDS}, not {shards}"),
+        ));
+    }
+    if shards > 1 && !kind.shardable() {
+        return Err(KeyError::new(
+            format!("{key}.shards"),
+            format!("kind `{}` cannot be split into shards", kind.name()),
+        ));
+    }
+    Ok(StageSpec { name, kind, desc: raw.desc, params, deps, outputs, shards })
 }
 
 fn validate_deps(

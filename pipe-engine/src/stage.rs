@@ -92,6 +92,36 @@ pub trait StageKind: Send + Sync {
     fn resumable(&self) -> bool {
         false
     }
+
+    /// A shardable kind, handed a [`Shard`] in its context, computes only that slice of
+    /// its work into its cache (`ctx.cache_dir`) and writes no outputs; a later normal run
+    /// finds the work there. The slice must not depend on what the cache already holds.
+    fn shardable(&self) -> bool {
+        false
+    }
+}
+
+/// One slice of a sharded stage: `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The half-open range of `len` items that this shard takes: contiguous, balanced,
+    /// and the same for every process that asks.
+    pub fn range(&self, len: usize) -> std::ops::Range<usize> {
+        let start = len * self.index / self.count;
+        let end = len * (self.index + 1) / self.count;
+        start..end
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// Deserializes params into a typed struct (unknown keys are errors, with their path)
@@ -135,6 +165,9 @@ pub struct StageContext {
     /// its cache) with [`Self::record_run`]: kept beside the artifact, outside its outputs
     /// and their hashes, so that outputs stay a pure function of the fingerprint.
     pub run_record: PathBuf,
+    /// Set when only one slice of the work is asked for (see [`StageKind::shardable`]).
+    #[serde(default)]
+    pub shard: Option<Shard>,
     #[serde(skip)]
     pub reporter: Reporter,
 }

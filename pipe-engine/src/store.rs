@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::{remove_path, remove_stale_temps, sync_dir, write_json_atomic};
 use crate::hashing::{combine_tree, hash_tree_files, hash_uncached};
 use crate::reporter::Reporter;
+use crate::stage::Shard;
+use crate::workspace::{take_lock, LockMode, RunLock};
 
 /// What a complete artifact records about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,36 @@ impl Store {
                 None
             }
         }
+    }
+
+    /// Locks one artifact for computing, so that two runs wanting it do not both compute
+    /// it: the second waits (or, without `wait`, fails with [`crate::workspace::WorkspaceBusy`]) and then
+    /// finds it committed. Hold it from [`Self::begin`] through [`Self::commit`].
+    pub fn lock_entry(&self, fingerprint: &str, wait: bool, on_wait: impl FnOnce(&str)) -> Result<RunLock> {
+        let dir = self.root.join(".locks");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(RunLock::from(take_lock(
+            &dir.join(format!("{fingerprint}.lock")),
+            LockMode::Exclusive,
+            wait,
+            on_wait,
+        )?))
+    }
+
+    /// A scratch output directory for one shard of a stage: what it writes there is
+    /// thrown away (a shard's work goes to its kind's cache).
+    pub fn begin_shard(&self, fingerprint: &str, shard: Shard) -> Result<PathBuf> {
+        let dir =
+            self.root.join(".tmp").join(format!("{fingerprint}.shard-{}-of-{}", shard.index, shard.count));
+        remove_path(&dir)?;
+        let out = dir.join("out");
+        fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        Ok(out)
+    }
+
+    /// Removes a shard's scratch directory (see [`Self::begin_shard`]).
+    pub fn end_shard(&self, out: &Path) -> Result<()> {
+        remove_path(out.parent().unwrap_or(out))
     }
 
     /// An empty (or, when `resume`, possibly partial) directory to write outputs into.
@@ -185,11 +217,13 @@ impl Store {
         remove_path(&self.artifact_dir(fingerprint))
     }
 
-    /// Removes every interrupted write. Only safe while holding the run lock.
+    /// Removes every interrupted write (and the artifacts' lock files). Only safe while
+    /// holding the workspace lock alone.
     pub fn clear_tmp(&self) -> Result<usize> {
         let tmp_root = self.root.join(".tmp");
         let count = fs::read_dir(&tmp_root).map(|entries| entries.count()).unwrap_or(0);
         remove_path(&tmp_root)?;
+        remove_path(&self.root.join(".locks"))?;
         Ok(count)
     }
 }

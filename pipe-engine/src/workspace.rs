@@ -16,15 +16,21 @@ pub struct Workspace {
 }
 
 #[derive(Debug, Error)]
-#[error("another `pipe` process is working in this workspace (lock {path}, held by pid {holder}); retry later, or run without --no-wait to wait for it")]
+#[error("another `pipe` process is working in this workspace (lock {path}{}); retry later, or run without --no-wait to wait for it", if holder.is_empty() { String::new() } else { format!(", held by pid {holder}") })]
 pub struct WorkspaceBusy {
     pub path: String,
     pub holder: String,
 }
 
-/// Held for the duration of a run, gc or verify; released when dropped (or the process dies).
+/// A held lock (workspace, artifact or lock-file edit); released when dropped (or the process dies).
 pub struct RunLock {
     _file: File,
+}
+
+impl From<File> for RunLock {
+    fn from(file: File) -> Self {
+        Self { _file: file }
+    }
 }
 
 impl Workspace {
@@ -45,7 +51,8 @@ impl Workspace {
         self.data_dir().join("cache").join(kind)
     }
 
-    fn state_dir(&self) -> PathBuf {
+    /// pipe's own state: the run lock, the stat cache, the experiment log, executors' records.
+    pub fn state_dir(&self) -> PathBuf {
         self.data_dir().join(".pipe")
     }
 
@@ -129,36 +136,80 @@ impl Workspace {
         Ok(removed)
     }
 
-    /// Takes the workspace lock, waiting for another run to finish unless `wait` is false.
-    pub fn lock(&self, wait: bool, reporter: &Reporter) -> Result<RunLock> {
-        let path = self.state_dir().join("run.lock");
+    /// Takes the workspace lock, waiting for its holders unless `wait` is false. Runs
+    /// share it (each stage they compute has a lock of its own, see
+    /// [`crate::store::Store::lock_entry`]); gc and verify --remove hold it alone.
+    pub fn lock(&self, mode: LockMode, wait: bool, reporter: &Reporter) -> Result<RunLock> {
         fs::create_dir_all(self.state_dir())
             .with_context(|| format!("creating {}", self.state_dir().display()))?;
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-                let busy = WorkspaceBusy { path: path.display().to_string(), holder };
-                if !wait {
-                    return Err(busy.into());
-                }
-                reporter
-                    .println(&format!("waiting: another `pipe` (pid {}) holds {}", busy.holder, busy.path));
-                file.lock().with_context(|| format!("locking {}", path.display()))?;
-            }
-            Err(TryLockError::Error(err)) => {
-                return Err(err).with_context(|| format!("locking {}", path.display()))
-            }
-        }
-        file.set_len(0)?;
-        write!(file, "{}", std::process::id())?;
+        let path = self.state_dir().join("run.lock");
+        let file = take_lock(&path, mode, wait, |holder| {
+            let who = if holder.is_empty() {
+                "other `pipe` runs".to_string()
+            } else {
+                format!("`pipe` (pid {holder})")
+            };
+            reporter.println(&format!("waiting: {who} holds {}", path.display()));
+        })?;
         Ok(RunLock { _file: file })
     }
+
+    /// Serializes edits of this pipeline's lock file between concurrent runs: each
+    /// rereads the file under it and adds its own stages, so none is lost.
+    pub fn lock_file_guard(&self) -> Result<RunLock> {
+        fs::create_dir_all(self.state_dir())
+            .with_context(|| format!("creating {}", self.state_dir().display()))?;
+        let name = self.lock_file_path().file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let path = self.state_dir().join(format!("{name}.edit"));
+        Ok(RunLock { _file: take_lock(&path, LockMode::Exclusive, true, |_| {})? })
+    }
+}
+
+/// How a lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// With other shared holders (runs).
+    Shared,
+    /// Alone (gc, verify --remove, the computation of one artifact).
+    Exclusive,
+}
+
+/// Takes an advisory lock on `path` (created if missing), waiting unless `wait` is false
+/// (then [`WorkspaceBusy`]); `on_wait` hears the pid of the exclusive holder, if known.
+/// Exclusive holders write their pid into the file for the messages of those who wait.
+pub(crate) fn take_lock(path: &Path, mode: LockMode, wait: bool, on_wait: impl FnOnce(&str)) -> Result<File> {
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let tried = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match tried {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(path).unwrap_or_default().trim().to_string();
+            if !wait {
+                return Err(WorkspaceBusy { path: path.display().to_string(), holder }.into());
+            }
+            on_wait(&holder);
+            match mode {
+                LockMode::Shared => file.lock_shared(),
+                LockMode::Exclusive => file.lock(),
+            }
+            .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Err(TryLockError::Error(err)) => {
+            return Err(err).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    if mode == LockMode::Exclusive {
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+    }
+    Ok(file)
 }

@@ -112,6 +112,11 @@ impl StageKind for Features {
     fn execution(&self) -> Execution {
         Execution::Worker(TORCH_WORKER)
     }
+
+    /// A shard computes its slice of the distinct images into the feature cache.
+    fn shardable(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

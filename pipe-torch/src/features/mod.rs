@@ -36,6 +36,9 @@ const OUTPUT_BATCH_ROWS: usize = 1024;
 /// Runs a `features` stage.
 pub fn run(ctx: &StageContext) -> Result<()> {
     let params: FeaturesParams = ctx.params()?;
+    if ctx.shard.is_some() {
+        return run_shard(ctx, &params);
+    }
     let summary = run_features(ctx, &params)?;
     ctx.log(format!(
         "{} images: {} computed, {} reused from cache, {} skipped ({:.1} img/s)",
@@ -135,6 +138,42 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         "images_per_s": summary.images_per_s,
     }))?;
     Ok(summary)
+}
+
+/// One shard of the stage: the backbone over this shard's slice of the distinct images,
+/// into the feature cache; no outputs. The slice is cut from the manifest alone, so every
+/// shard agrees on it whatever the cache holds, and the stage's normal run, later, finds
+/// every vector cached and writes the same bytes as a run that computed them itself.
+fn run_shard(ctx: &StageContext, params: &FeaturesParams) -> Result<()> {
+    let shard = ctx.shard.context("run_shard needs a shard")?;
+    let manifest = read_image_manifest(ctx.input("manifest")?)?;
+    let mut distinct = HashSet::new();
+    let rows: Vec<&ImageManifestRow> =
+        manifest.iter().filter(|row| distinct.insert(row.content_hash.as_str())).collect();
+    let slice = &rows[shard.range(rows.len())];
+    let backbone = Backbone::load(ctx.input("backbone")?, params.device, params.precision)?;
+    let threads = ThreadPlan::new(params.threads, backbone.device());
+    tch::set_num_threads(threads.torch as i32);
+    let layout = FeatureLayout::for_stage(backbone.spec(), params.output)?;
+    let cache = FeatureCache::open(&ctx.cache_dir, backbone.hash(), params.precision, layout)?;
+    let wanted: HashSet<&str> = slice.iter().map(|row| row.content_hash.as_str()).collect();
+    let mut found = cache.lookup(&wanted, |m| ctx.log(m))?;
+    let reused = found.len();
+    let slice_rows: Vec<ImageManifestRow> = slice.iter().map(|row| (*row).clone()).collect();
+    let (todo, refused) = missing(&slice_rows, &found, &ImageRoot::new(ctx.input("images")?)?);
+    let t = Instant::now();
+    let (timings, failures) = compute(ctx, &backbone, &cache, layout, &todo, params, threads, &mut found)?;
+    let extract_s = t.elapsed().as_secs_f64();
+    // No compaction here: other shards may be reading the cache; the merging run compacts.
+    ctx.log(format!(
+        "shard {shard}: {} of {} distinct images: {} computed, {reused} reused from cache, {} skipped ({:.1} img/s)",
+        slice.len(),
+        rows.len(),
+        timings.computed,
+        failures.len() + refused.len(),
+        if extract_s > 0.0 { timings.computed as f64 / extract_s } else { 0.0 }
+    ));
+    Ok(())
 }
 
 /// One image to run through the backbone: its content hash and where its bytes are.
@@ -330,6 +369,12 @@ mod tests {
             backbone: &Path,
             params: &FeaturesParams,
         ) -> Result<(FeaturesSummary, PathBuf)> {
+            let ctx = self.context(run, backbone, params);
+            crate::features::run(&ctx)?;
+            Ok((run_summary(&ctx.out_dir), ctx.out_dir))
+        }
+        /// The context of run `run` (its output folder `out{run}`).
+        fn context(&self, run: usize, backbone: &Path, params: &FeaturesParams) -> StageContext {
             let out = self.root.path().join(format!("out{run}"));
             fs::create_dir_all(&out).unwrap();
             let inputs = BTreeMap::from([
@@ -337,7 +382,7 @@ mod tests {
                 ("manifest".to_string(), self.write_manifest()),
                 ("backbone".to_string(), backbone.to_path_buf()),
             ]);
-            let ctx = StageContext {
+            StageContext {
                 stage: "features".into(),
                 params: serde_json::to_value(params).unwrap(),
                 inputs,
@@ -346,10 +391,9 @@ mod tests {
                 workspace: self.root.path().to_path_buf(),
                 lineage: vec![],
                 run_record: run_record(&out),
+                shard: None,
                 reporter: pipe_engine::reporter::Reporter::hidden(),
-            };
-            crate::features::run(&ctx)?;
-            Ok((run_summary(&out), out))
+            }
         }
         fn cache(&self) -> PathBuf {
             self.root.path().join("cache")
@@ -424,6 +468,38 @@ mod tests {
             b.keys().cloned().collect::<Vec<_>>(),
             ["cat-copy.jpg", "cat.png", "cup.png", "rocket.png", "same-cat.png"]
         );
+    }
+
+    /// Shards fill the cache with their slices and write no outputs; the run after them
+    /// computes nothing and writes the bytes of a run that computed everything itself.
+    #[test]
+    fn shards_compute_their_slices_and_the_merge_writes_the_same_bytes() {
+        let fixtures = ["chelsea.png", "coffee.png", "chelsea.jpg", "rocket.png"];
+        let add_all = |ws: &Workspace| {
+            for (i, fixture) in fixtures.iter().enumerate() {
+                ws.add_photo(&format!("{i}-{fixture}"), fixture);
+            }
+        };
+        let sharded = Workspace::new();
+        add_all(&sharded);
+        let params =
+            FeaturesParams { batch_size: 2, device: DeviceChoice::Cpu, threads: 2, ..Default::default() };
+        let backbone = repo_root().join("data/models/efficientnet_lite0");
+        for index in 0..3 {
+            let mut ctx = sharded.context(10 + index, &backbone, &params);
+            ctx.shard = Some(pipe_engine::stage::Shard { index, count: 3 });
+            crate::features::run(&ctx).unwrap();
+            assert_eq!(fs::read_dir(&ctx.out_dir).unwrap().count(), 0, "a shard writes no outputs");
+        }
+        let (merged, merged_out) = sharded.run(1);
+        assert_eq!((merged.count, merged.computed, merged.reused), (4, 0, 4));
+
+        let single = Workspace::new();
+        add_all(&single);
+        let (fresh, fresh_out) = single.run(1);
+        assert_eq!(fresh.computed, 4);
+        let bytes = |out: &Path| fs::read(out.join("features.arrow")).unwrap();
+        assert!(bytes(&merged_out) == bytes(&fresh_out), "sharded and single runs write the same bytes");
     }
 
     #[test]

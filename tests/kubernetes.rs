@@ -1,0 +1,111 @@
+//! `pipe export k8s` (issue 14): the Jobs it writes match a golden file, and the commands
+//! in them, run as the pods would (each in a fresh copy of the project, its index in
+//! `JOB_COMPLETION_INDEX`, sharing only a remote store), produce the artifact a single
+//! machine does. No cluster is needed (nor can one be had here: even `kubectl apply
+//! --dry-run=client` asks an API server to map the kinds).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+use common::{project, repo};
+
+const SIZE: &[&str] = &["-S", "synth.images=120", "-S", "synth.size=64"];
+
+fn pipe(root: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    command.args(args).current_dir(root).env_remove("PIPE_REMOTE").env_remove("JOB_COMPLETION_INDEX");
+    command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    command.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_exported_jobs_match_the_golden_file() {
+    let root = project();
+    let mut args = vec![
+        "export",
+        "k8s",
+        "features",
+        "--shards",
+        "4",
+        "--image",
+        "registry.example/pipe:1.0",
+        "--remote",
+        "s3://team-bucket/pipe",
+    ];
+    args.extend(SIZE);
+    let yaml = ok(pipe(root.path(), &[], &args));
+    let golden = repo().join("tests/fixtures/k8s/features-4.yaml");
+    if std::env::var_os("PIPE_UPDATE_GOLDEN").is_some() {
+        fs::write(&golden, &yaml).unwrap();
+    }
+    assert_eq!(
+        yaml,
+        fs::read_to_string(&golden).unwrap(),
+        "PIPE_UPDATE_GOLDEN=1 rewrites {}",
+        golden.display()
+    );
+    let refused = pipe(
+        root.path(),
+        &[],
+        &["export", "k8s", "train", "--shards", "2", "--image", "x", "--remote", "s3://b/p"],
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be split into shards"));
+}
+
+/// Each Job's container args, from the exported YAML.
+fn job_args(yaml: &str) -> Vec<Vec<String>> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let job = serde_yaml::Value::deserialize(doc).unwrap();
+            let args = &job["spec"]["template"]["spec"]["containers"][0]["args"];
+            args.as_sequence().unwrap().iter().map(|arg| arg.as_str().unwrap().to_string()).collect()
+        })
+        .collect()
+}
+
+use serde::Deserialize;
+
+#[test]
+fn the_exported_commands_shard_through_a_remote_store_to_the_single_machine_bytes() {
+    let remote = tempfile::tempdir().unwrap();
+    let env = vec![("PIPE_REMOTE", format!("file://{}", remote.path().display()))];
+    // The submitter computes what the shards need and pushes it.
+    let origin = project();
+    let mut args = vec!["run", "ingest", "--push"];
+    args.extend(SIZE);
+    ok(pipe(origin.path(), &env, &args));
+    let mut args = vec!["export", "k8s", "features", "--shards", "3", "--image", "x", "--remote", "s3://b/p"];
+    args.extend(SIZE);
+    let jobs = job_args(&ok(pipe(origin.path(), &[], &args)));
+    assert_eq!(jobs.len(), 2);
+
+    // Three shard pods and a merge pod, each in its own copy of the project.
+    for index in 0..3 {
+        let pod = project();
+        let mut env = env.clone();
+        env.push(("JOB_COMPLETION_INDEX", index.to_string()));
+        let args: Vec<&str> = jobs[0].iter().map(String::as_str).collect();
+        let log = ok(pipe(pod.path(), &env, &args));
+        assert!(log.contains(&format!("shard {index}/3: 40 of 120 distinct images: 40 computed")), "{log}");
+        assert!(log.contains("  pulled  ingest"), "the pod fetched its inputs: {log}");
+    }
+    let merge = project();
+    let args: Vec<&str> = jobs[1].iter().map(String::as_str).collect();
+    let log = ok(pipe(merge.path(), &env, &args));
+    assert!(log.contains("0 computed, 120 reused from cache"), "{log}");
+    assert!(log.contains("  pushed  features"), "{log}");
+
+    let mut args = vec!["run", "features"];
+    args.extend(SIZE);
+    ok(pipe(origin.path(), &[], &args));
+    let features = |root: &Path| fs::read(root.join("data/out/features/features.arrow")).unwrap();
+    assert!(features(merge.path()) == features(origin.path()), "sharded on pods = one machine");
+}
