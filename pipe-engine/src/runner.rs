@@ -292,10 +292,7 @@ impl<'a> Runner<'a> {
         let mut context = self.context_in(stage, &resolved, &fingerprint, &state.done, out_dir.clone())?;
         context.run_record = out_dir.join("run.json");
         context.shard = Some(shard);
-        let result = match stage.kind.execution() {
-            Execution::InProcess => stage.kind.run(&context),
-            Execution::Worker(program) => run_in_worker(program, stage.kind.name(), &context),
-        };
+        let result = run_kind(stage, &context);
         self.store.end_shard(&out_dir)?;
         result.map_err(|err| StageFailed(err.context(format!("stage `{name}` shard {shard} failed"))))?;
         self.say(format!("  ran     {name:<12} shard {shard} {:.1}s", started.elapsed().as_secs_f64()));
@@ -644,9 +641,14 @@ pub struct StageFailed(pub anyhow::Error);
 
 fn execute(stage: &StageSpec, store: &Store, fingerprint: &str, context: StageContext) -> Result<Committed> {
     let started = Instant::now();
-    match stage.kind.execution() {
-        Execution::InProcess => stage.kind.run(&context)?,
-        Execution::Worker(program) => run_in_worker(program, stage.kind.name(), &context)?,
-    }
+    run_kind(stage, &context)?;
     store.commit(fingerprint, stage.kind.name(), &stage.outputs, started.elapsed().as_secs_f64())
+}
+
+/// Runs a stage's kind on `context`, in this process or in its worker.
+fn run_kind(stage: &StageSpec, context: &StageContext) -> Result<()> {
+    match stage.kind.execution() {
+        Execution::InProcess => stage.kind.run(context),
+        Execution::Worker(program) => run_in_worker(program, stage.kind.name(), context),
+    }
 }
