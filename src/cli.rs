@@ -447,7 +447,7 @@ fn dispatch(cli: Cli, registry: &KindRegistry) -> Result<u8> {
         Command::Metrics { diff } => crate::cli_metrics::show(&workspace, diff.as_deref(), reporter),
         Command::Serve(args) => {
             let pipeline = load(&[])?;
-            crate::serve::run(&workspace, &pipeline, &args)
+            crate::serve::run(&workspace, &pipeline, &load, &args)
         }
         Command::Caption(args) => {
             let pipeline = load(&[])?;

@@ -42,22 +42,25 @@ pub(crate) fn collect(lock: &LockFile, store: &Store, reporter: &Reporter) -> Re
             continue;
         }
         let path = store.output_dir(&locked.fingerprint).join(METRICS_FILE);
-        let metrics = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
-                .with_context(|| format!("parsing {}", path.display()))?,
-            Err(_) => {
-                reporter.warn(&format!(
-                    "{stage}: artifact {} is not in the store (removed by gc?)",
-                    &locked.fingerprint[..12]
-                ));
-                continue;
-            }
-        };
-        let numbers =
-            flatten_params(&metrics).into_iter().filter(|(_, v)| v.is_number() || v.is_string()).collect();
+        if !path.exists() {
+            reporter.warn(&format!(
+                "{stage}: artifact {} is not in the store (removed by gc?)",
+                &locked.fingerprint[..12]
+            ));
+            continue;
+        }
+        let numbers = read_numbers(&path)?;
         table.insert(stage.clone(), numbers);
     }
     Ok(table)
+}
+
+/// A metrics file flattened to `a.b` keys, keeping its numbers and strings.
+pub(crate) fn read_numbers(path: &Path) -> Result<BTreeMap<String, Value>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let metrics: Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(flatten_params(&metrics).into_iter().filter(|(_, v)| v.is_number() || v.is_string()).collect())
 }
 
 fn lock_at_revision(workspace: &Workspace, rev: &str) -> Result<LockFile> {

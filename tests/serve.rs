@@ -216,7 +216,7 @@ fn trained_project() -> &'static Path {
 #[test]
 fn serve_captions_refuses_bad_input_survives_load_and_its_worker_dying() {
     let root = trained_project();
-    let server = Server::start(root, &["--max-upload-mib", "1", "--queue", "4"]);
+    let server = Server::start(root, &["--max-upload-mib", "1", "--queue", "4", "--client-timeout-s", "2"]);
 
     assert_eq!(server.get("/healthz").status, 200);
     let models = server.get("/api/models").json();
@@ -258,6 +258,54 @@ fn serve_captions_refuses_bad_input_survives_load_and_its_worker_dying() {
     refused("model=nope", &photo(), 404, "no model `nope`");
     refused("beam=0", &photo(), 400, "beam must be");
     refused("beam=abc", &photo(), 400, "");
+
+    // A multipart form (what `curl -F image=@photo.jpg` and HTML forms send): the same caption.
+    let form = |parts: &[(&str, Option<&str>, &[u8])]| {
+        let mut body = Vec::new();
+        for (name, file, bytes) in parts {
+            let file = file.map(|f| format!("; filename=\"{f}\"")).unwrap_or_default();
+            body.extend_from_slice(
+                format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n").as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"--XyZ--\r\n");
+        body
+    };
+    let multipart = |body: &[u8]| {
+        server.request(
+            "POST",
+            "/api/caption?beam=3",
+            &[("Content-Type", "multipart/form-data; boundary=XyZ")],
+            body,
+        )
+    };
+    let jpeg = photo();
+    let answer = multipart(&form(&[("note", None, b"hello"), ("image", Some("chelsea.jpg"), &jpeg)]));
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.json(), first);
+    for (body, says) in [
+        (form(&[("note", None, b"hello")]), "no image"),
+        (form(&[("image", None, &jpeg), ("other", Some("b.jpg"), &jpeg)]), "one image per request"),
+        (b"--XyZ\r\nno end".to_vec(), "malformed multipart"),
+    ] {
+        let r = multipart(&body);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(r.status == 400 && text.contains(says), "{says}: {} {text}", r.status);
+    }
+    let r = multipart(&form(&[("image", Some("notes.txt"), b"plain text")]));
+    assert_eq!(r.status, 415, "a form's file is judged by its content too");
+
+    // A client that never finishes its request head is cut off (--client-timeout-s 2).
+    let mut slow = TcpStream::connect(server.address).unwrap();
+    slow.write_all(b"POST /api/caption HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let since = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = since.elapsed();
+    assert!(waited < Duration::from_secs(10), "a stalled request head kept its connection {waited:?}");
 
     // Files only by id, from artifact directories: traversal gets 404.
     assert_eq!(server.get("/api/gallery/caption/image/0").headers["content-type"], "image/jpeg");
@@ -498,4 +546,79 @@ fn serve_pages_work_in_a_real_browser() {
     assert!(curves.as_u64().unwrap() >= 1, "the newest run's loss curves are drawn");
 
     webdriver("DELETE", &at(""), json!({}));
+}
+
+/// A 2×2 sweep of the default pipeline: four experiments that share their upstream
+/// stages, side by side in `pipe exp show --json`, all cached when the sweep reruns, and
+/// each one's model offered by `pipe serve` with its params and metrics.
+#[test]
+fn a_sweep_runs_once_per_point_and_serves_every_model() {
+    let dir = project();
+    let root = dir.path();
+    let args = [
+        "run",
+        "-S",
+        "synth.images=240",
+        "-S",
+        "train.epochs=2",
+        "--sweep",
+        "train.hidden=16,32",
+        "--sweep",
+        "caption.beam_width=1,3",
+    ];
+    let ran = |out: &str| -> Vec<usize> {
+        out.lines()
+            .filter_map(|line| line.split_once(" stages: ")?.1.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    // The first point runs everything; a new beam width reruns caption, score and report;
+    // a new hidden size also train. Synth, ingest, tokenize and features run once.
+    let out = pipe(root, &args);
+    assert_eq!(ran(&out), [8, 3, 4, 3], "{out}");
+    let out = pipe(root, &args);
+    assert_eq!(ran(&out), [0, 0, 0, 0], "a rerun of the sweep is fully cached:\n{out}");
+
+    let shown = Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args(["exp", "show", "--json"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(shown.status.success());
+    let experiments: Vec<Value> = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(experiments.len(), 4, "{experiments:?}");
+    let mut points = Vec::new();
+    for exp in &experiments {
+        let params = &exp["params"];
+        points
+            .push((params["train.hidden"].as_i64().unwrap(), params["caption.beam_width"].as_i64().unwrap()));
+        assert!(
+            exp["metrics"]["score.bleu_4"].is_number() && exp["metrics"]["score.cider_d"].is_number(),
+            "{exp}"
+        );
+        assert_eq!(exp["in_store"], "yes");
+    }
+    points.sort();
+    assert_eq!(points, [(16, 1), (16, 3), (32, 1), (32, 3)]);
+
+    // Every experiment's model is served once: the current run's (the last point) by its
+    // stage name, the others as caption@EXPERIMENT, each with its own params and metrics.
+    let server = Server::start(root, &[]);
+    let models = server.get("/api/models").json()["models"].as_array().unwrap().clone();
+    assert_eq!(models.len(), 4, "{models:?}");
+    assert_eq!(models[0]["name"], "caption");
+    assert_eq!(models[0]["params"]["train.hidden"], 32);
+    for model in &models {
+        let exp = experiments.iter().find(|e| e["name"] == model["experiment"]).expect("its experiment");
+        assert_eq!(model["params"], exp["params"]);
+        assert_eq!(model["metrics"]["score.bleu_4"], exp["metrics"]["score.bleu_4"], "{model}");
+        assert_eq!(model["beam_width"], exp["params"]["caption.beam_width"]);
+        let name = model["name"].as_str().unwrap();
+        if name != "caption" {
+            assert_eq!(name, format!("caption@{}", exp["name"].as_str().unwrap()));
+        }
+        let answer = server.caption(&format!("model={name}"), &photo());
+        assert_eq!(answer.status, 200, "{name}: {}", String::from_utf8_lossy(&answer.body));
+        let beams = answer.json()["beams"].as_array().unwrap().len() as i64;
+        assert!(beams >= 1 && beams <= exp["params"]["caption.beam_width"].as_i64().unwrap());
+    }
 }

@@ -31,6 +31,17 @@ impl<'a> Results<'a> {
         })
     }
 
+    /// The results an earlier run recorded (an experiment's lock entries), read from the
+    /// same store.
+    pub fn with_lock(
+        workspace: &'a Workspace,
+        pipeline: &'a Pipeline,
+        lock: LockFile,
+        reporter: Reporter,
+    ) -> Self {
+        Self { workspace, pipeline, lock, store: Store::new(workspace.store_dir(), reporter) }
+    }
+
     pub fn stage(&self, name: &str) -> Result<&'a StageSpec> {
         self.pipeline.stage(name).ok_or_else(|| {
             let names: Vec<&str> = self.pipeline.stages.iter().map(|s| s.name.as_str()).collect();
@@ -50,6 +61,11 @@ impl<'a> Results<'a> {
             bail!("stage {stage}: its artifact is not in the store (removed by gc?): run `pipe run {stage}`");
         }
         Ok(dir)
+    }
+
+    /// The fingerprint recorded for `stage`, if it has run.
+    pub fn fingerprint(&self, stage: &str) -> Option<&str> {
+        self.lock.stages.get(stage).map(|locked| locked.fingerprint.as_str())
     }
 
     /// What input `input` of `stage` reads: a workspace path, or a path in the current

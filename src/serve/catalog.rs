@@ -1,15 +1,16 @@
 //! What `pipe serve` offers, resolved once at start from the lock file and store: the
 //! models (every caption stage that has run), the scored galleries, and the experiments.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use pipe_engine::experiments::ExperimentLog;
+use pipe_engine::experiments::{Experiment, ExperimentLog};
+use pipe_engine::lockfile::LockFile;
 use pipe_engine::query::Results;
 use pipe_engine::reporter::Reporter;
 use pipe_engine::spec::Pipeline;
@@ -17,6 +18,8 @@ use pipe_engine::stage::parse_params;
 use pipe_engine::store::Store;
 use pipe_engine::workspace::Workspace;
 
+use crate::cli_exp::LoadPipeline;
+use crate::cli_metrics::read_numbers;
 use crate::contract::device::DeviceChoice;
 use crate::contract::serve::ServeModel;
 use crate::data::split::Split;
@@ -28,7 +31,12 @@ use crate::stages::score::{self, pair_up, read_hypotheses, read_references, Scor
 /// A model as the pages and `GET /api/models` show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelEntry {
+    /// The caption stage, or `STAGE@EXPERIMENT` for a recorded experiment's model.
     pub name: String,
+    /// The experiment it comes from (none: the current run).
+    pub experiment: Option<String>,
+    /// That experiment's `-S`/`--sweep` params.
+    pub params: BTreeMap<String, Value>,
     /// Filled in from the worker's ready line.
     pub decoder: String,
     pub attention: bool,
@@ -68,69 +76,66 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The models of the current run (named by their caption stage), then those of every
+    /// recorded experiment whose artifacts are still in the store (`STAGE@EXPERIMENT`),
+    /// each model once.
     pub fn open(
         workspace: &Workspace,
         pipeline: &Pipeline,
+        load: &LoadPipeline,
         device: Option<DeviceChoice>,
         reporter: &Reporter,
     ) -> Result<Self> {
-        let results = Results::open(workspace, pipeline, reporter.clone())?;
-        let (mut models, mut specs, mut galleries) = (Vec::new(), Vec::new(), BTreeMap::new());
-        for stage in pipeline.stages_of_kind(caption::KIND) {
-            let resolved = match crate::cli_caption::resolve(&results, stage) {
-                Ok(resolved) => resolved,
-                Err(err) => {
-                    reporter.warn(&format!("not serving stage {}: {err:#}", stage.name));
-                    continue;
-                }
-            };
-            let mut params = resolved.params;
-            if let Some(device) = device {
-                params.device = device;
+        let experiments = ExperimentLog::new(workspace.experiments_path());
+        let recorded = experiments.latest().unwrap_or_else(|err| {
+            reporter.warn(&format!("not serving experiments' models: {err:#}"));
+            Vec::new()
+        });
+        // Newest first, each with the pipeline as that run loaded it (its -S params).
+        let mut runs = Vec::new();
+        for exp in recorded.into_iter().rev().filter(|e| e.pipeline == workspace.pipeline_file) {
+            match load(&exp.overrides()) {
+                Ok(exp_pipeline) => runs.push((exp, exp_pipeline)),
+                Err(err) => reporter.warn(&format!("not serving experiment {}: {err:#}", exp.name)),
             }
-            let mut metrics = BTreeMap::new();
-            for scorer in pipeline.stages_of_kind(score::KIND) {
-                if results.input_stage(scorer, "hypotheses").map(|s| s.name.as_str())
-                    != Some(stage.name.as_str())
-                {
-                    continue;
-                }
-                if let Ok(dir) = results.stage_output(&scorer.name) {
-                    metrics.extend(read_metrics(&dir.join(score::METRICS_FILE), &scorer.name));
-                }
-                if let Some(source) = gallery_source(&results, scorer)? {
-                    galleries.entry(stage.name.clone()).or_insert(source);
-                }
-            }
-            models.push(ModelEntry {
-                name: stage.name.clone(),
-                decoder: String::new(),
-                attention: false,
-                grid: None,
-                beam_width: if params.decoder == DecoderKind::Greedy { 1 } else { params.beam_width },
-                metrics,
-            });
-            specs.push(ServeModel {
-                name: stage.name.clone(),
-                model_dirs: resolved.model_dirs,
-                vocab: resolved.vocab,
-                backbone: resolved.backbone,
-                precision: resolved.precision,
-                params,
-            });
         }
-        if models.is_empty() {
+
+        let mut found = Found { device, ..Found::default() };
+        // The current run's models, with the params of the run that made them.
+        let current = Results::open(workspace, pipeline, reporter.clone())?;
+        for stage in pipeline.stages_of_kind(caption::KIND) {
+            let Some(fingerprint) = current.fingerprint(&stage.name) else { continue };
+            let made_by = runs.iter().find(|(exp, _)| {
+                exp.stages.get(&stage.name).is_some_and(|locked| locked.fingerprint == fingerprint)
+            });
+            match made_by {
+                Some(run) => {
+                    let results = recorded_results(workspace, run, reporter);
+                    found.add(&results, &run.1, &stage.name, stage.name.clone(), Some(&run.0), reporter)?
+                }
+                None => found.add(&current, pipeline, &stage.name, stage.name.clone(), None, reporter)?,
+            }
+        }
+        // Then every experiment's, while its artifacts are in the store.
+        for run in &runs {
+            let results = recorded_results(workspace, run, reporter);
+            for stage in run.1.stages_of_kind(caption::KIND) {
+                let name = format!("{}@{}", stage.name, run.0.name);
+                found.add(&results, &run.1, &stage.name, name, Some(&run.0), reporter)?;
+            }
+        }
+        if found.models.is_empty() {
             bail!(
                 "{} has no caption stage that has run: run `pipe run` first (`pipe serve` serves the \
-                 models the lock file records)",
+                 models the lock file and the recorded experiments name)",
                 pipeline.file.display()
             );
         }
         Ok(Self {
-            models,
-            specs,
-            galleries,
-            experiments: ExperimentLog::new(workspace.experiments_path()),
+            models: found.models,
+            specs: found.specs,
+            galleries: found.galleries,
+            experiments,
             pipeline_file: workspace.pipeline_file.clone(),
             store: Store::new(workspace.store_dir(), reporter.clone()),
         })
@@ -191,14 +196,99 @@ impl Catalog {
     }
 }
 
-fn read_metrics(path: &Path, stage: &str) -> BTreeMap<String, Value> {
-    let Ok(bytes) = std::fs::read(path) else { return BTreeMap::new() };
-    let Ok(value) = serde_json::from_slice::<Value>(&bytes) else { return BTreeMap::new() };
-    pipe_engine::spec::flatten_params(&value)
-        .into_iter()
-        .filter(|(_, v)| v.is_number())
-        .map(|(k, v)| (format!("{stage}.{k}"), v))
-        .collect()
+/// What an experiment's run recorded, read from the store.
+fn recorded_results<'a>(
+    workspace: &'a Workspace,
+    (exp, exp_pipeline): &'a (Experiment, Pipeline),
+    reporter: &Reporter,
+) -> Results<'a> {
+    let lock = LockFile { stages: exp.stages.clone(), ..LockFile::default() };
+    Results::with_lock(workspace, exp_pipeline, lock, reporter.clone())
+}
+
+/// What the catalog gathers from one run's results.
+#[derive(Default)]
+struct Found {
+    models: Vec<ModelEntry>,
+    specs: Vec<ServeModel>,
+    galleries: BTreeMap<String, GallerySource>,
+    /// Caption stage fingerprints already served: a model is listed once.
+    served: BTreeSet<String>,
+    device: Option<DeviceChoice>,
+}
+
+impl Found {
+    /// Caption stage `stage` of `results` as model `name`, unless its model is already
+    /// listed or its artifacts are gone.
+    fn add(
+        &mut self,
+        results: &Results,
+        pipeline: &Pipeline,
+        stage: &str,
+        name: String,
+        experiment: Option<&Experiment>,
+        reporter: &Reporter,
+    ) -> Result<()> {
+        let (Some(fingerprint), Some(stage)) = (results.fingerprint(stage), pipeline.stage(stage)) else {
+            return Ok(());
+        };
+        if self.served.contains(fingerprint) {
+            return Ok(());
+        }
+        let resolved = match crate::cli_caption::resolve(results, stage) {
+            Ok(resolved) => resolved,
+            // An old experiment's artifacts may have been collected: not worth a warning.
+            Err(_) if name != stage.name => return Ok(()),
+            Err(err) => {
+                reporter.warn(&format!("not serving stage {}: {err:#}", stage.name));
+                return Ok(());
+            }
+        };
+        self.served.insert(fingerprint.to_string());
+        let mut params = resolved.params;
+        if let Some(device) = self.device {
+            params.device = device;
+        }
+        let mut metrics = BTreeMap::new();
+        for scorer in pipeline.stages_of_kind(score::KIND) {
+            if results.input_stage(scorer, "hypotheses").map(|s| s.name.as_str()) != Some(stage.name.as_str())
+            {
+                continue;
+            }
+            if let Ok(dir) = results.stage_output(&scorer.name) {
+                if let Ok(numbers) = read_numbers(&dir.join(score::METRICS_FILE)) {
+                    metrics.extend(
+                        numbers
+                            .into_iter()
+                            .filter(|(_, v)| v.is_number())
+                            .map(|(k, v)| (format!("{}.{k}", scorer.name), v)),
+                    );
+                }
+            }
+            if let Some(source) = gallery_source(results, scorer)? {
+                self.galleries.entry(name.clone()).or_insert(source);
+            }
+        }
+        self.models.push(ModelEntry {
+            name: name.clone(),
+            experiment: experiment.map(|e| e.name.clone()),
+            params: experiment.map(|e| e.params.clone()).unwrap_or_default(),
+            decoder: String::new(),
+            attention: false,
+            grid: None,
+            beam_width: if params.decoder == DecoderKind::Greedy { 1 } else { params.beam_width },
+            metrics,
+        });
+        self.specs.push(ServeModel {
+            name,
+            model_dirs: resolved.model_dirs,
+            vocab: resolved.vocab,
+            backbone: resolved.backbone,
+            precision: resolved.precision,
+            params,
+        });
+        Ok(())
+    }
 }
 
 /// Where a score stage's hypotheses, references and images are, when all have run.

@@ -30,6 +30,7 @@ use pipe_engine::spec::Pipeline;
 use pipe_engine::worker::worker_program;
 use pipe_engine::workspace::Workspace;
 
+use crate::cli_exp::LoadPipeline;
 use crate::contract::device::DeviceChoice;
 use crate::contract::serve::{ImageOutcome, ServeConfig};
 use crate::data::manifest::{check_image_size, header_dimensions};
@@ -77,7 +78,7 @@ struct App {
 }
 
 /// Starts the server and serves until interrupted.
-pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &ServeArgs) -> Result<u8> {
+pub fn run(workspace: &Workspace, pipeline: &Pipeline, load: &LoadPipeline, args: &ServeArgs) -> Result<u8> {
     let token =
         args.token.clone().or_else(|| std::env::var("PIPE_SERVE_TOKEN").ok()).filter(|t| !t.is_empty());
     if !args.host.is_loopback() && token.is_none() {
@@ -88,7 +89,7 @@ pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &ServeArgs) -> Resu
         );
     }
     let reporter = Reporter::stderr();
-    let mut catalog = Catalog::open(workspace, pipeline, args.device, &reporter)?;
+    let mut catalog = Catalog::open(workspace, pipeline, load, args.device, &reporter)?;
     let config_dir = tempfile_dir()?;
     let config_path = config_dir.join("serve.json");
     std::fs::write(&config_path, serde_json::to_vec(&ServeConfig { models: catalog.specs.clone() })?)
@@ -118,15 +119,40 @@ pub fn run(workspace: &Workspace, pipeline: &Pipeline, args: &ServeArgs) -> Resu
             .await
             .with_context(|| format!("listening on {address}"))?;
         eprintln!("pipe serve: http://{} (Ctrl-C stops it)", listener.local_addr()?);
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+        serve_connections(listener, router(app), Duration::from_secs(args.client_timeout_s)).await;
+        anyhow::Ok(())
     })?;
     let _ = std::fs::remove_dir_all(&config_dir);
     Ok(0)
+}
+
+/// Serves connections until Ctrl-C. A client must send its request head within
+/// `head_timeout` or its connection is closed (bodies are bounded in [`read_body`]).
+async fn serve_connections(listener: tokio::net::TcpListener, app: Router, head_timeout: Duration) {
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: keep serving, without spinning.
+                Err(err) => {
+                    eprintln!("pipe serve: accepting a connection: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Small JSON answers go out at once, not after a delayed ACK.
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(head_timeout);
+            // A client that hangs up or times out ends only its own connection.
+            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 /// A private directory for the worker's config (the models' paths).
@@ -258,7 +284,8 @@ struct CaptionQuery {
 /// Widest beam a request may ask for.
 const MAX_BEAM: usize = 20;
 
-/// `POST /api/caption?model=M&beam=N&attention=true` with the image bytes as the body.
+/// `POST /api/caption?model=M&beam=N&attention=true` with the image bytes as the body, or
+/// a multipart/form-data form (`curl -F image=@photo.jpg`).
 async fn caption(
     State(app): State<Arc<App>>,
     Query(query): Query<CaptionQuery>,
@@ -281,9 +308,15 @@ async fn caption(
     if beam_width == 0 || beam_width > MAX_BEAM {
         return error(StatusCode::BAD_REQUEST, &format!("beam must be 1 to {MAX_BEAM}"));
     }
-    let image = match read_body(request.into_body(), app.max_upload, app.client_timeout).await {
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = match read_body(request.into_body(), app.max_upload, app.client_timeout).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
+    };
+    let image = match uploaded_image(content_type.as_deref(), body).await {
+        Ok(bytes) => bytes,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if let Err((status, message)) = check_upload(&image) {
         return error(status, &message);
@@ -335,6 +368,28 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
         )),
         Ok(Ok(bytes)) => Ok(bytes),
     }
+}
+
+/// The image of an upload: the body itself, or from a multipart/form-data form its field
+/// `image` or its one file.
+async fn uploaded_image(content_type: Option<&str>, body: Bytes) -> Result<Bytes, String> {
+    let Some(content_type) = content_type.filter(|t| t.starts_with("multipart/")) else { return Ok(body) };
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| format!("a multipart upload without a valid boundary: {e}"))?;
+    let body = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(body, boundary);
+    let malformed = |e: multer::Error| format!("a malformed multipart upload: {e}");
+    let mut image = None;
+    while let Some(field) = form.next_field().await.map_err(malformed)? {
+        if field.name() != Some("image") && field.file_name().is_none() {
+            continue;
+        }
+        if image.is_some() {
+            return Err("one image per request: the form has more than one file".into());
+        }
+        image = Some(field.bytes().await.map_err(malformed)?);
+    }
+    image.ok_or_else(|| "the multipart form has no image (send it as the field `image`)".to_string())
 }
 
 /// Refuses what is not a JPEG or PNG by its content, and headers that promise more pixels
