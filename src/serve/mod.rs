@@ -55,10 +55,11 @@ pub struct ServeArgs {
     /// Requests that may wait for the worker; past it, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// How long a request waits for others to share its batch, in ms (0: no batching).
-    #[arg(long, default_value_t = 5)]
+    /// How long a request waits for others to share its batch, in ms. With 0, a batch is
+    /// what queued while the worker was busy: nothing waits, and batches grow under load.
+    #[arg(long, default_value_t = 0)]
     batch_window_ms: u64,
-    /// Most images in one batch.
+    /// Most images in one batch (1: no batching).
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
     /// Seconds a client has to send its request body.

@@ -1,9 +1,9 @@
 //! The long-lived `pipe-torch serve` worker and the queue in front of it.
 //!
 //! Requests wait in a bounded queue (full: the caller answers 503). One task takes them
-//! off: it waits up to the batching window for more, groups what it has by model and
-//! decoding, and sends each group to the worker as one batch (one backbone pass, one beam
-//! search). If the worker dies, the batch in flight fails and a new worker is started.
+//! off: it takes every request already waiting (and, with a batching window, waits that
+//! long for more), groups what it has by model and decoding, and sends each group to the
+//! worker as one batch (one backbone pass, one beam search). If the worker dies, the batch in flight fails and a new worker is started.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,7 +20,8 @@ use crate::contract::serve::{write_request, CaptionRequest, CaptionResponse, Ima
 /// How requests are grouped into batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// How long the first request of a batch waits for others (zero: no batching).
+    /// How long the first request of a batch waits for others to arrive (zero: it takes
+    /// only those already waiting).
     pub window: Duration,
     /// Most images in one batch.
     pub max_images: usize,
@@ -131,8 +132,17 @@ async fn batch_loop(
 ) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
+        let most = batching.max_images.max(1);
+        // What queued while the worker was busy joins at once: under load batches fill
+        // themselves, and a lone request does not wait.
+        while jobs.len() < most {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
         let deadline = Instant::now() + batching.window;
-        while jobs.len() < batching.max_images.max(1) && !batching.window.is_zero() {
+        while jobs.len() < most && !batching.window.is_zero() {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(job)) => jobs.push(job),
                 _ => break,
