@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
+use std::rc::Rc;
 
 use anyhow::{bail, Context, Result};
 use tch::Tensor;
@@ -20,7 +21,8 @@ use pipe::stages::caption::DecoderKind;
 struct Served {
     spec: ServeModel,
     model: CaptionModel,
-    backbone: Backbone,
+    /// Shared by the models that read the same backbone on the same device (a sweep's).
+    backbone: Rc<Backbone>,
     info: LoadedModel,
 }
 
@@ -28,14 +30,25 @@ struct Served {
 pub fn serve(config: &ServeConfig, input: &mut impl BufRead, output: &mut impl Write) -> Result<()> {
     let mut served = HashMap::new();
     let mut loaded = Vec::new();
+    let mut backbones: HashMap<String, Rc<Backbone>> = HashMap::new();
     for spec in &config.models {
         let device = spec.params.device.resolve()?;
         tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
         let dirs: Vec<&std::path::Path> = spec.model_dirs.iter().map(|d| d.as_path()).collect();
         let model = CaptionModel::load_ensemble(&dirs, &spec.vocab, device)
             .with_context(|| format!("model of stage {}", spec.name))?;
-        let backbone = Backbone::load(&spec.backbone, spec.params.device, spec.precision)
-            .with_context(|| format!("backbone of stage {}", spec.name))?;
+        let key = format!("{}\0{:?}\0{:?}", spec.backbone.display(), device, spec.precision);
+        let backbone = match backbones.get(&key) {
+            Some(backbone) => backbone.clone(),
+            None => {
+                let backbone = Rc::new(
+                    Backbone::load(&spec.backbone, spec.params.device, spec.precision)
+                        .with_context(|| format!("backbone of stage {}", spec.name))?,
+                );
+                backbones.insert(key, backbone.clone());
+                backbone
+            }
+        };
         let decoder = match model.configs.as_slice() {
             [one] => one.name().to_string(),
             several => format!("ensemble of {}", several.len()),
