@@ -1,6 +1,7 @@
 //! The experiment log: one record per completed `pipe run` (each point of a sweep is
-//! one), in `data/.pipe/experiments.jsonl`. Records are only ever added, and every write
-//! replaces the file atomically, so a killed run leaves the log as it was.
+//! one), in `data/.pipe/experiments.jsonl`. Records are only ever added (a rerun that
+//! changed nothing adds none), and every write replaces the file atomically under an edit
+//! lock, so a killed run leaves the log as it was and concurrent runs lose no record.
 //!
 //! A record names the params given on the command line (what differs from the pipeline
 //! file), the lock entries of the stages it ran or reused (so its artifacts can be found,
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::fsutil::write_atomic;
 use crate::lockfile::LockedStage;
 use crate::spec::Override;
+use crate::workspace::{take_lock, LockMode};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Experiment {
@@ -58,6 +60,13 @@ impl Experiment {
     }
 
     /// Every artifact the experiment references.
+    /// The same run of the same settings: everything but when it finished and how long
+    /// it took.
+    pub fn same_result(&self, other: &Experiment) -> bool {
+        (&self.pipeline, &self.params, &self.stages, &self.metrics)
+            == (&other.pipeline, &other.params, &other.stages, &other.metrics)
+    }
+
     pub fn fingerprints(&self) -> impl Iterator<Item = &str> {
         self.stages.values().map(|stage| stage.fingerprint.as_str())
     }
@@ -132,22 +141,42 @@ impl ExperimentLog {
 
     /// Adds a record: the whole log is rewritten to a temp file and renamed over the old
     /// one (callers hold the workspace lock, so no two writers race).
-    pub fn append(&self, experiment: &Experiment) -> Result<()> {
+    /// Adds `experiment`, unless the latest record of its name already says the same (a
+    /// rerun that changed nothing writes nothing). Concurrent runs take turns, so none is
+    /// lost. Returns whether it wrote.
+    pub fn append(&self, experiment: &Experiment) -> Result<bool> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut guard = self.path.clone().into_os_string();
+        guard.push(".edit");
+        let _turn = take_lock(Path::new(&guard), LockMode::Exclusive, true, |_| {})?;
         let mut text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(err) => return Err(err).with_context(|| format!("reading {}", self.path.display())),
         };
+        if latest_line_named(&text, &experiment.name)
+            .and_then(|line| serde_json::from_str::<Experiment>(line).ok())
+            .is_some_and(|previous| previous.same_result(experiment))
+        {
+            return Ok(false);
+        }
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         text.push_str(&serde_json::to_string(experiment)?);
         text.push('\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        write_atomic(&self.path, text.as_bytes())
+        write_atomic(&self.path, text.as_bytes())?;
+        Ok(true)
     }
+}
+
+/// The last line of the log that records `name`, found without parsing the others
+/// (records are written with their name first).
+fn latest_line_named<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let prefix = format!("{{\"name\":{},", serde_json::to_string(name).ok()?);
+    text.lines().rev().find(|line| line.starts_with(&prefix))
 }
 
 /// The current time as RFC 3339 (UTC, seconds).
@@ -185,6 +214,24 @@ mod tests {
         assert_eq!(log.find("a").unwrap().metrics["score.loss"], Value::from(3.0));
         let missing = log.find("c").unwrap_err().to_string();
         assert!(missing.contains("recorded: b, a"), "{missing}");
+    }
+
+    #[test]
+    fn a_rerun_that_changed_nothing_adds_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ExperimentLog::new(dir.path().join("experiments.jsonl"));
+        let quoted = "say \"a\", b";
+        let mut first = record(quoted, 1.0);
+        assert!(log.append(&first).unwrap());
+        assert!(log.append(&record("b", 2.0)).unwrap());
+        first.finished = "2030-01-01T00:00:00Z".into();
+        first.seconds = 0.01;
+        assert!(!log.append(&first).unwrap(), "only the time differs");
+        assert_eq!(log.load().unwrap().len(), 2);
+        assert!(log.append(&record(quoted, 4.0)).unwrap(), "other metrics");
+        assert!(!log.append(&record("b", 2.0)).unwrap(), "b's latest record is found past a's");
+        assert_eq!(log.load().unwrap().len(), 3);
+        assert_eq!(log.find(quoted).unwrap().metrics["score.loss"], Value::from(4.0));
     }
 
     #[test]
