@@ -668,9 +668,15 @@ fn gc(workspace: &Workspace, dry_run: bool, ignore_experiments: bool, reporter: 
         }
     }
     let interrupted = if dry_run { 0 } else { store.clear_tmp()? };
+    let forgotten = if dry_run {
+        0
+    } else {
+        pipe_engine::hashing::StatCache::load(&workspace.stat_cache_path()).prune(&workspace.root)?
+    };
     let verb = if dry_run { "would free" } else { "freed" };
     println!(
-        "{removed} unreferenced artifacts, {verb} {:.1} MB; {interrupted} interrupted writes removed",
+        "{removed} unreferenced artifacts, {verb} {:.1} MB; {interrupted} interrupted writes removed; \
+         {forgotten} stat cache entries of files that are gone",
         freed as f64 / 1e6
     );
     Ok(exit::OK)

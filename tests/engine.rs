@@ -358,6 +358,13 @@ fn gc_removes_unreferenced_and_verify_finds_damage() {
     assert!(project.ok(&["gc"]).contains("0 unreferenced artifacts"));
     let gc = project.ok(&["gc", "--ignore-experiments"]);
     assert!(gc.contains("2 unreferenced artifacts"), "{gc}");
+    // The stat cache forgets the removed artifacts' files (it would otherwise only grow).
+    let forgotten = |out: &str| -> usize {
+        let before = out.split(" stat cache entries").next().unwrap();
+        before.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(forgotten(&gc) >= 2, "{gc}");
+    assert_eq!(forgotten(&project.ok(&["gc", "--ignore-experiments"])), 0);
     assert!(project.ok(&["run", "-S", "b.tag=other"]).contains("0 ran"));
 
     fs::write(project.root().join("data/out/c/out.txt"), "tampered").unwrap_or_else(|_| {

@@ -76,6 +76,23 @@ impl StatCache {
         crate::fsutil::write_atomic(path, &bytes)
     }
 
+    /// Drops the entries of files that no longer exist under `root` (removed artifacts,
+    /// deleted inputs), so the cache does not grow forever; saves if any went. Returns
+    /// how many.
+    pub fn prune(&self, root: &Path) -> Result<usize> {
+        let before = {
+            let mut entries = self.entries.write().unwrap();
+            let before = entries.len();
+            entries.retain(|key, _| fs::symlink_metadata(root.join(key)).is_ok());
+            before - entries.len()
+        };
+        if before > 0 {
+            *self.dirty.lock().unwrap() = true;
+            self.save()?;
+        }
+        Ok(before)
+    }
+
     /// Forgets the whole-path hashes of this run. The runner calls it after a stage ran,
     /// since a stage may have written into the workspace.
     pub fn forget_run(&self) {
@@ -391,6 +408,26 @@ mod tests {
         let mut bytes = fs::read(&cache_path).unwrap();
         bytes.pop();
         assert!(decode_entries(&bytes).is_none(), "a torn cache file is ignored, not half-read");
+    }
+
+    #[test]
+    fn pruning_drops_the_entries_of_files_that_are_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("d")).unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(tmp.path().join("d").join(name), name).unwrap();
+        }
+        let cache_path = tmp.path().join("cache.bin");
+        let cache = StatCache::load(&cache_path);
+        cache.hash_path(tmp.path(), Path::new("d")).unwrap();
+        cache.save().unwrap();
+        fs::remove_file(tmp.path().join("d/b")).unwrap();
+        assert_eq!(cache.prune(tmp.path()).unwrap(), 1);
+        assert_eq!(cache.prune(tmp.path()).unwrap(), 0);
+        let reloaded = StatCache::load(&cache_path);
+        let mut kept: Vec<String> = reloaded.entries.read().unwrap().keys().cloned().collect();
+        kept.sort();
+        assert_eq!(kept, ["d/a", "d/c"]);
     }
 
     #[test]
