@@ -1,4 +1,5 @@
-//! The crash campaign (issue 16). `pipe run` of the default pipeline, at reduced size, is
+//! The crash campaign (issue 16). `pipe run` of the default pipeline, at reduced size and
+//! with an archive-mode caption stage added (its resumable part files), is
 //! killed with SIGKILL at seeded random moments, and stopped at every named failpoint
 //! (`pipe_engine::failpoint`) so that the narrow windows of a commit are hit on purpose.
 //! After each kill: no `pipe-torch` worker outlives the run, `pipe verify` finds nothing
@@ -26,6 +27,14 @@ use common::{alive, lock_without_timings, output_hashes, project_at};
 const SIZE: &[&str] =
     &["-S", "synth.images=160", "-S", "synth.size=64", "-S", "train.epochs=3", "-S", "caption.beam_width=3"];
 
+/// The synthetic images captioned again as an archive folder: five parts of 32.
+const ARCHIVE_STAGE: &str = "
+  caption_archive:
+    kind: caption
+    deps: {model: train, vocab: tokenize/vocab.json, backbone: data/models/efficientnet_lite0, images: synth/images}
+    params: {folder: data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}
+";
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -38,6 +47,10 @@ struct Workspace {
 impl Workspace {
     fn new(root: PathBuf) -> Self {
         project_at(&root);
+        // Archive-mode captioning too, in small chunks, so kills land among its part writes.
+        let mut pipeline = fs::read_to_string(root.join("pipeline.yaml")).unwrap();
+        pipeline.push_str(ARCHIVE_STAGE);
+        fs::write(root.join("pipeline.yaml"), pipeline).unwrap();
         Self { root }
     }
 
