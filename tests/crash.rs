@@ -186,16 +186,18 @@ fn worker_in(root: &Path) -> Option<u32> {
     })
 }
 
-/// Files named like a killed writer's temp file (`.NAME.PID.tmp`), and entries under the
+/// Files named like a killed writer's temp file (`.NAME.HOST_PID.tmp`), and entries under the
 /// store's `.tmp/`, anywhere in the workspace.
 fn temp_files(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for entry in walkdir::WalkDir::new(root).into_iter().flatten() {
         let rel = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let name = entry.file_name().to_string_lossy();
-        let pid =
+        // `.NAME.HOST_PID.tmp`: the pid after the last `_` of the part before `.tmp`.
+        let owner =
             name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")).and_then(|n| n.rsplit_once('.'));
-        let temp = pid.is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let pid = owner.map(|(_, owner)| owner.rsplit_once('_').map_or(owner, |(_, pid)| pid));
+        let temp = pid.is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
         if temp || (rel.starts_with("data/store/.tmp/") && entry.depth() == 4) {
             found.push(rel);
         }

@@ -117,7 +117,7 @@ impl Workspace {
         if fs::read_link(&link).is_ok_and(|current| current == target) {
             return Ok(());
         }
-        let tmp = views.join(format!(".{stage}.{}.tmp", std::process::id()));
+        let tmp = views.join(crate::fsutil::temp_name(stage));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
         crate::failpoint::point("view:before-rename");
