@@ -30,6 +30,10 @@ struct StatEntry {
 }
 
 impl StatEntry {
+    fn new(meta: &fs::Metadata, hash: String) -> Self {
+        Self { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), hash }
+    }
+
     fn matches(&self, meta: &fs::Metadata) -> bool {
         self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.inode == meta.ino()
     }
@@ -107,13 +111,7 @@ impl StatCache {
         for (file, hash) in files {
             let key = dir.join(file);
             let Ok(meta) = fs::metadata(root.join(&key)) else { continue };
-            let entry = StatEntry {
-                size: meta.len(),
-                mtime_ns: mtime_ns(&meta),
-                inode: meta.ino(),
-                hash: hash.clone(),
-            };
-            entries.insert(key.to_string_lossy().into_owned(), entry);
+            entries.insert(key.to_string_lossy().into_owned(), StatEntry::new(&meta, hash.clone()));
         }
         *self.dirty.lock().unwrap() = true;
     }
@@ -142,9 +140,7 @@ impl StatCache {
             }
         }
         let hash = hash_file(full)?;
-        let entry =
-            StatEntry { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), hash: hash.clone() };
-        self.entries.write().unwrap().insert(key.to_string(), entry);
+        self.entries.write().unwrap().insert(key.to_string(), StatEntry::new(meta, hash.clone()));
         *self.dirty.lock().unwrap() = true;
         Ok(hash)
     }

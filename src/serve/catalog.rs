@@ -1,5 +1,6 @@
-//! What `pipe serve` offers, resolved once at start from the lock file and store: the
-//! models (every caption stage that has run), the scored galleries, and the experiments.
+//! What `pipe serve` offers, resolved once at start from the lock file, the experiment log
+//! and the store: the models (every caption stage of the current run and of each recorded
+//! experiment still in the store), the scored galleries, and the experiments.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
