@@ -101,9 +101,9 @@ enum Command {
     /// with the store on S3.
     #[command(subcommand)]
     Export(ExportCommand),
-    /// Compute one shard of a shardable stage (`features`) into its kind's cache: what a
-    /// cluster's array task runs. The stage's normal run, after all shards, finds the work
-    /// cached and writes the same bytes as a run on one machine.
+    /// Compute one shard of a shardable stage (`features`, archive-mode `caption`) into its
+    /// kind's cache: what a cluster's array task runs. The stage's normal run, after all
+    /// shards, finds the work cached and writes the same bytes as a run on one machine.
     Shard(ShardArgs),
     /// Print the content hash of files or directories, as the engine computes it (no stat cache).
     Hash {
@@ -179,7 +179,8 @@ struct RunArgs {
     /// An extra `sbatch` argument for every job, such as --slurm-arg=--time=2:00:00 (repeatable).
     #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
     slurm_args: Vec<String>,
-    /// Split every shardable stage (features) into N array tasks, instead of its `shards:`.
+    /// Split every shardable stage (features, archive-mode caption) into N array tasks,
+    /// instead of its `shards:`.
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
     /// Submit the jobs and return; `pipe status` shows them.
@@ -211,7 +212,7 @@ enum ExportCommand {
 
 #[derive(Args)]
 struct K8sArgs {
-    /// The stage to shard (a shardable kind: features).
+    /// The stage to shard (features, or caption in archive mode).
     stage: String,
     /// Pods, one slice each.
     #[arg(long = "shards", value_name = "N")]

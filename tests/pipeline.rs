@@ -343,3 +343,62 @@ fn flickr8k_pipeline_runs_on_the_official_layout() {
         "gc --dry-run must not remove anything: {dry}\n{again}"
     );
 }
+
+/// Archive-mode captioning split into shards (`pipe shard`, what a cluster's array tasks
+/// run): each shard captions its range of chunks into the kind's cache, the stage's own
+/// run only merges, and the result is byte-identical to one machine's run.
+#[test]
+fn archive_captioning_in_shards_merges_to_the_same_bytes() {
+    const ARCHIVE: &str = "
+  caption_archive:
+    kind: caption
+    deps: {model: train, vocab: tokenize/vocab.json, backbone: data/models/efficientnet_lite0, images: synth/images}
+    params: {folder: data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}
+";
+    let size = ["-S", "synth.images=160", "-S", "synth.size=64", "-S", "train.epochs=2"];
+    let (whole, sharded) = (project(), project());
+    for dir in [&whole, &sharded] {
+        let file = dir.path().join("pipeline.yaml");
+        fs::write(&file, fs::read_to_string(&file).unwrap() + ARCHIVE).unwrap();
+    }
+    pipe(whole.path(), &[&["run", "caption_archive"][..], &size].concat());
+
+    // 160 images in chunks of 32: 5 chunks, taken 1, 2 and 2 by three shards.
+    for (index, parts) in [(0, 1), (1, 2), (2, 2)] {
+        let index = index.to_string();
+        let args = [&["shard", "caption_archive", "--of", "3", "--index", &index][..], &size].concat();
+        let out = pipe(sharded.path(), &args);
+        assert!(out.contains(&format!("shard {index}/3: {parts} parts computed, 0 found done")), "{out}");
+    }
+    let out = pipe(sharded.path(), &[&["run", "caption_archive"][..], &size].concat());
+    assert!(out.contains("5 parts resumed"), "the merging run computed nothing itself:\n{out}");
+    let archive = |dir: &Path| {
+        output_hashes(dir)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("caption_archive/"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(archive(whole.path()).len(), 2);
+    assert_eq!(archive(whole.path()), archive(sharded.path()));
+    assert!(
+        !sharded.path().join("data/cache/caption/archive").read_dir().unwrap().any(|_| true),
+        "the merge removes the parts"
+    );
+
+    // Split-mode captioning has no chunks to share out.
+    let file = sharded.path().join("pipeline.yaml");
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(
+        &file,
+        text.replace("  caption:\n    kind: caption\n", "  caption:\n    kind: caption\n    shards: 2\n"),
+    )
+    .unwrap();
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_pipe")).arg("status").current_dir(sharded.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stages.caption.shards") && stderr.contains("cannot be split into shards"),
+        "{stderr}"
+    );
+}

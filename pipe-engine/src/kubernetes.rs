@@ -37,7 +37,7 @@ pub fn export(pipeline: &Pipeline, export: &K8sExport) -> Result<String> {
     let Some(stage) = pipeline.stage(&export.stage) else {
         bail!("no stage named `{}`", export.stage);
     };
-    if !stage.kind.shardable() {
+    if !stage.kind.shardable(&stage.params) {
         bail!("stage {}: kind `{}` cannot be split into shards", stage.name, stage.kind.name());
     }
     if export.shards == 0 {

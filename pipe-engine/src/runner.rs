@@ -264,8 +264,8 @@ impl<'a> Runner<'a> {
     /// when there was nothing to do (the stage's artifact is already stored).
     pub fn run_shard(&mut self, name: &str, shard: Shard, options: &RunOptions) -> Result<bool> {
         let stage = self.pipeline.stage(name).ok_or_else(|| anyhow!("no stage named `{name}`"))?;
-        if !stage.kind.shardable() {
-            bail!("stage {name}: kind `{}` cannot be split into shards", stage.kind.name());
+        if !stage.kind.shardable(&stage.params) {
+            bail!("stage {name}: kind `{}` cannot be split into shards with these params", stage.kind.name());
         }
         if shard.count == 0 || shard.index >= shard.count {
             bail!("shard {shard}: the index must be below the count");
@@ -589,6 +589,7 @@ impl<'a> Runner<'a> {
             workspace: self.workspace.root.clone(),
             lineage,
             run_record: self.store.run_record_path(fingerprint),
+            fingerprint: fingerprint.to_string(),
             shard: None,
             reporter: self.reporter.clone(),
         })

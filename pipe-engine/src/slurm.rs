@@ -144,7 +144,7 @@ fn submit(
         let mut after: Vec<String> =
             pipeline.dag.upstream[name].iter().filter_map(|up| job_of.get(up.as_str()).cloned()).collect();
         let shards = match options.shards {
-            Some(count) if stage.kind.shardable() => count,
+            Some(count) if stage.kind.shardable(&stage.params) => count,
             _ => stage.shards,
         };
         if shards > 1 {

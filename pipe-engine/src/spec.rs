@@ -579,10 +579,10 @@ fn validate_stage(
             format!("must be 1..={MAX_SHARDS}, not {shards}"),
         ));
     }
-    if shards > 1 && !kind.shardable() {
+    if shards > 1 && !kind.shardable(&params) {
         return Err(KeyError::new(
             format!("{key}.shards"),
-            format!("kind `{}` cannot be split into shards", kind.name()),
+            format!("kind `{}` cannot be split into shards with these params", kind.name()),
         ));
     }
     Ok(StageSpec { name, kind, desc: raw.desc, params, deps, outputs, shards })

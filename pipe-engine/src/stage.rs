@@ -93,10 +93,11 @@ pub trait StageKind: Send + Sync {
         false
     }
 
-    /// A shardable kind, handed a [`Shard`] in its context, computes only that slice of
-    /// its work into its cache (`ctx.cache_dir`) and writes no outputs; a later normal run
-    /// finds the work there. The slice must not depend on what the cache already holds.
-    fn shardable(&self) -> bool {
+    /// A shardable kind (with these params), handed a [`Shard`] in its context, computes
+    /// only that slice of its work into its cache (`ctx.cache_dir`) and writes no outputs;
+    /// a later normal run finds the work there. The slice must not depend on what the cache
+    /// already holds.
+    fn shardable(&self, _params: &Value) -> bool {
         false
     }
 }
@@ -165,6 +166,10 @@ pub struct StageContext {
     /// its cache) with [`Self::record_run`]: kept beside the artifact, outside its outputs
     /// and their hashes, so that outputs stay a pure function of the fingerprint.
     pub run_record: PathBuf,
+    /// The stage's fingerprint: what its cache work may be keyed by, so that shards and
+    /// the merging run of one artifact find each other's work.
+    #[serde(default)]
+    pub fingerprint: String,
     /// Set when only one slice of the work is asked for (see [`StageKind::shardable`]).
     #[serde(default)]
     pub shard: Option<Shard>,

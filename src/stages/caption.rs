@@ -154,6 +154,12 @@ impl StageKind for Caption {
         }
     }
 
+    /// Archive mode: a shard captions a contiguous range of the folder's chunks into part
+    /// files in the kind's cache; the stage's own run merges them.
+    fn shardable(&self, params: &Value) -> bool {
+        matches!(params.get("folder"), Some(Value::String(_)))
+    }
+
     /// Archive mode keeps finished parts across an interruption (split mode simply
     /// overwrites its one output).
     fn resumable(&self) -> bool {

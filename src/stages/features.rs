@@ -114,7 +114,7 @@ impl StageKind for Features {
     }
 
     /// A shard computes its slice of the distinct images into the feature cache.
-    fn shardable(&self) -> bool {
+    fn shardable(&self, _params: &Value) -> bool {
         true
     }
 }

@@ -469,6 +469,7 @@ pub(crate) mod tests {
             workspace: out_dir.to_path_buf(),
             lineage: Vec::new(),
             run_record: out_dir.with_extension("run.json"),
+            fingerprint: String::new(),
             shard: None,
             reporter: pipe_engine::reporter::Reporter::hidden(),
         }

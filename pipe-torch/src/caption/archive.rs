@@ -1,5 +1,7 @@
 //! Archive mode of the `caption` kind: a folder of any size captioned chunk by chunk
-//! into resumable part files, then merged.
+//! into resumable part files, then merged. The parts live in the kind's cache, keyed by the
+//! stage's fingerprint, so that shards (each a contiguous range of chunks, possibly on other
+//! machines) and the stage's own run, which merges, share them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,10 +17,22 @@ use pipe::contract::tables::{
     read_generated_captions, write_generated_captions, GeneratedCaption, SkippedImage,
 };
 use pipe::data::manifest::{list_image_files, ImageRoot};
-use pipe_engine::fsutil::write_json_atomic;
+use pipe_engine::fsutil::{remove_stale_temps, write_json_atomic};
+use pipe_engine::stage::Shard;
 
 pub(super) const PARTS_DIR: &str = "parts";
 const LISTING_FILE: &str = "listing.json";
+
+/// Which chunks a run computes.
+#[derive(Debug, Clone, Copy)]
+pub enum Chunks {
+    /// Every chunk not already done, then the merge into the outputs.
+    All,
+    /// One shard's contiguous range of chunks, and no merge: the stage's own run merges.
+    Shard(Shard),
+    /// Stop after this many new parts, as an interrupted run would (tests).
+    StopAfter(usize),
+}
 
 /// Archive mode: a folder captioned chunk by chunk into resumable parts.
 pub struct Archive {
@@ -34,9 +48,11 @@ pub struct ArchiveReport {
     pub files: usize,
     pub captioned: usize,
     pub skipped: usize,
-    /// Parts found finished from an earlier, interrupted run.
+    /// Parts found finished (by an earlier, interrupted run, or by shards).
     pub resumed_parts: usize,
-    /// False when `stop_after` ended the run early (the merge did not happen).
+    /// Parts this run computed.
+    pub new_parts: usize,
+    /// False when the run did not merge (a shard, or a run stopped early).
     pub complete: bool,
     pub seconds: f64,
 }
@@ -65,14 +81,17 @@ struct Listing {
 }
 
 impl Archive {
-    /// Captions the folder into `out_dir`. `stop_after` = Some(n) stops after n new parts
-    /// (to simulate an interruption in tests). `progress(done, total)` is told per part.
+    /// Captions the folder's `chunks` into part files in `parts`, then (for all of them)
+    /// merges the parts into `out_dir` and removes them. `progress(done, total)` is told
+    /// per part.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         model: &CaptionModel,
         backbone: &Backbone,
+        parts: &Path,
         out_dir: &Path,
-        stop_after: Option<usize>,
+        chunks: Chunks,
         progress: &mut dyn FnMut(usize, usize) -> Result<()>,
         log: &dyn Fn(String),
     ) -> Result<ArchiveReport> {
@@ -80,26 +99,38 @@ impl Archive {
         let files = list_image_files(&self.folder)?;
         ensure!(!files.is_empty(), "{}: no image files", self.folder.display());
         let root = ImageRoot::new(&self.folder)?;
-        let parts = out_dir.join(PARTS_DIR);
-        let reused = self.prepare_parts(&parts, &files, log)?;
+        let reused = self.prepare_parts(parts, &files, log)?;
         let mut report = ArchiveReport { files: files.len(), ..Default::default() };
+        let count = files.len().div_ceil(self.chunk_size);
+        let wanted = match chunks {
+            Chunks::Shard(shard) => shard.range(count),
+            Chunks::All | Chunks::StopAfter(_) => 0..count,
+        };
         let mut written = 0;
         for (i, chunk) in files.chunks(self.chunk_size).enumerate() {
-            let part = part_path(&parts, i);
+            if !wanted.contains(&i) {
+                continue;
+            }
+            let part = part_path(parts, i);
             if reused && part.exists() {
                 report.resumed_parts += 1;
             } else {
-                if stop_after.is_some_and(|n| written >= n) {
+                if matches!(chunks, Chunks::StopAfter(n) if written >= n) {
                     report.seconds = started.elapsed().as_secs_f64();
                     return Ok(report);
                 }
                 self.caption_chunk(model, backbone, &root, chunk, &part)?;
                 crate::memory::release_free_memory(); // bounds how peak memory grows with chunks
                 written += 1;
+                report.new_parts += 1;
             }
             progress(((i + 1) * self.chunk_size).min(files.len()), files.len())?;
         }
-        let (captioned, skipped) = merge_parts(&parts, files.len().div_ceil(self.chunk_size), out_dir)?;
+        if let Chunks::Shard(_) = chunks {
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        let (captioned, skipped) = merge_parts(parts, count, out_dir)?;
         (report.captioned, report.skipped, report.complete) = (captioned, skipped, true);
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -112,6 +143,8 @@ impl Archive {
         let path = parts.join(LISTING_FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
             if serde_json::from_str::<Listing>(&text).ok().as_ref() == Some(&listing) {
+                // What a killed writer left; parts are renamed into place whole.
+                remove_stale_temps(parts, false)?;
                 return Ok(true);
             }
             log(format!(

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use tch::Tensor;
 
-pub use archive::{Archive, ArchiveReport};
+pub use archive::{Archive, ArchiveReport, Chunks};
 pub use captioner::{CaptionModel, DecodeSettings};
 
 use crate::model::backbone::{Backbone, DeviceChoice, ExtractOptions, Precision, ResolveDevice, ThreadPlan};
@@ -39,6 +39,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         ctx.log(format!("an ensemble of {} models", models.len()));
     }
     let Some(folder) = &params.folder else {
+        ensure!(ctx.shard.is_none(), "only archive mode (params.folder) can be split into shards");
         return run_split(ctx, &model, &params);
     };
     let backbone_dir =
@@ -65,12 +66,20 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         },
         settings: DecodeSettings::from(&params),
     };
+    // Keyed by the fingerprint: this artifact's shards and its own run share the parts.
+    let parts = if ctx.fingerprint.is_empty() {
+        ctx.out_dir.join(archive::PARTS_DIR)
+    } else {
+        ctx.cache_dir.join("archive").join(&ctx.fingerprint)
+    };
+    let chunks = ctx.shard.map_or(Chunks::All, Chunks::Shard);
     let bar = ctx.progress_bar(0, "captioning");
     let report = archive.run(
         &model,
         &backbone,
+        &parts,
         &ctx.out_dir,
-        None,
+        chunks,
         &mut |n, total| {
             bar.set_length(total as u64);
             bar.set_position(n as u64);
@@ -79,6 +88,13 @@ pub fn run(ctx: &StageContext) -> Result<()> {
         &|line| ctx.log(line),
     )?;
     bar.finish_and_clear();
+    if let Some(shard) = ctx.shard {
+        ctx.log(format!(
+            "shard {shard}: {} parts computed, {} found done, of {} files in chunks of {} ({:.1} s)",
+            report.new_parts, report.resumed_parts, report.files, params.chunk_size, report.seconds
+        ));
+        return Ok(());
+    }
     ctx.log(report.summary());
     ctx.record_run(&serde_json::json!({
         "files": report.files,
@@ -381,20 +397,21 @@ mod tests {
             extract: ExtractOptions { batch_size: 3, ..Default::default() },
             settings: DecodeSettings::default(),
         };
-        let run = |out: &Path, stop: Option<usize>| {
-            archive.run(&model, &backbone, out, stop, &mut |_, _| Ok(()), &|_| ()).unwrap()
+        let run = |out: &Path, chunks: Chunks| {
+            let parts = out.join(PARTS_DIR);
+            archive.run(&model, &backbone, &parts, out, chunks, &mut |_, _| Ok(()), &|_| ()).unwrap()
         };
         let (whole, resumed) = (dir.path().join("whole"), dir.path().join("resumed"));
-        let full = run(&whole, None);
+        let full = run(&whole, Chunks::All);
         assert!(full.complete);
         assert_eq!((full.files, full.captioned, full.skipped), (25, 23, 2));
-        let first = run(&resumed, Some(2));
+        let first = run(&resumed, Chunks::StopAfter(2));
         assert!(!first.complete && !resumed.join(GENERATED_CAPTIONS_FILE).exists());
         assert!(
             part_path(&resumed.join(PARTS_DIR), 1).exists()
                 && !part_path(&resumed.join(PARTS_DIR), 2).exists()
         );
-        let second = run(&resumed, None);
+        let second = run(&resumed, Chunks::All);
         assert_eq!(second.resumed_parts, 2);
         let (a, b) = (
             read_generated_captions(&whole.join(GENERATED_CAPTIONS_FILE)).unwrap(),
@@ -410,5 +427,22 @@ mod tests {
         assert_eq!(skipped[1].image, "even/escape.png");
         assert!(skipped[1].reason.contains("links outside the image folder"), "{}", skipped[1].reason);
         assert!(!resumed.join(PARTS_DIR).exists());
+
+        // Three shards (5 chunks: 1, 2 and 2 of them) and then the merging run: the same
+        // bytes as the run that did everything itself.
+        let sharded = dir.path().join("sharded");
+        for index in 0..3 {
+            let shard = run(&sharded, Chunks::Shard(pipe_engine::stage::Shard { index, count: 3 }));
+            assert!(!shard.complete && !sharded.join(GENERATED_CAPTIONS_FILE).exists());
+            assert_eq!(shard.new_parts, [1, 2, 2][index]);
+        }
+        let merged = run(&sharded, Chunks::All);
+        assert_eq!((merged.resumed_parts, merged.new_parts), (5, 0));
+        for file in [GENERATED_CAPTIONS_FILE, SKIPPED_FILE] {
+            assert!(
+                std::fs::read(whole.join(file)).unwrap() == std::fs::read(sharded.join(file)).unwrap(),
+                "{file} differs"
+            );
+        }
     }
 }

@@ -391,6 +391,7 @@ mod tests {
                 workspace: self.root.path().to_path_buf(),
                 lineage: vec![],
                 run_record: run_record(&out),
+                fingerprint: String::new(),
                 shard: None,
                 reporter: pipe_engine::reporter::Reporter::hidden(),
             }
