@@ -74,6 +74,14 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     let third = pipe(root, &run_args(&["-S", "train.hidden=128"]));
     assert_eq!(ran_stages(&third), ["train", "caption", "score", "report"], "{third}");
 
+    // The cnn decoder (the Flask apps' model) on the same pooled features learns too.
+    let cnn = pipe(root, &run_args(&["-S", "train.hidden=128", "-S", "train.decoder=cnn"]));
+    assert_eq!(ran_stages(&cnn), ["train", "caption", "score", "report"], "{cnn}");
+    assert!(cnn.contains("cnn decoder"), "{cnn}");
+    let cnn_bleu4 = metrics(root)["bleu_4"].as_f64().unwrap();
+    eprintln!("cnn: test BLEU-4 {cnn_bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
+    assert!(cnn_bleu4 > baseline4 + 0.05, "cnn: BLEU-4 {cnn_bleu4} does not beat the baseline {baseline4}");
+
     // `pipe caption` uses the current train artifact on any image file.
     let image = root.join("data/out/synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
     let captioned = pipe(root, &["caption", "--beam", "3", image.to_str().unwrap()]);
@@ -82,7 +90,7 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
 
     let shown = pipe(root, &["metrics"]);
     assert!(shown.contains("bleu_4"), "{shown}");
-    // The committed lock names the first run's metrics; the workspace has the hidden=128 run's.
+    // The committed lock names the first run's metrics; the workspace has the last run's.
     let diff = pipe(root, &["metrics", "--diff", "HEAD"]);
     let row = diff
         .lines()
@@ -120,15 +128,18 @@ fn the_same_fingerprints_hold_the_same_bytes_in_every_workspace() {
     assert!(shown.contains("run.reused: 400"), "the forced rerun took every image from the cache:\n{shown}");
 }
 
+/// The grid decoders, each in its own pipeline file over the same synthetic data and grid
+/// features: each learns, is cached on a second run, reruns exactly the downstream stages
+/// when one of its params changes, and captions a new image file. The second pipeline
+/// finds the first one's upstream stages in the store.
 #[test]
-fn attention_pipeline_learns_from_grids_caches_and_reruns_only_downstream() {
+fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_downstream() {
     let dir = project();
     let root = dir.path();
     let grid = repo().join("data/models/efficientnet_lite0_grid");
     assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
     std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
     fs::create_dir_all(root.join("pipelines")).unwrap();
-    fs::copy(repo().join("pipelines/attention.yaml"), root.join("pipelines/attention.yaml")).unwrap();
     let small = [
         "-S",
         "synth.images=400",
@@ -139,41 +150,47 @@ fn attention_pipeline_learns_from_grids_caches_and_reruns_only_downstream() {
         "-S",
         "caption.beam_width=3",
     ];
-    let run = |extra: &[&str]| {
-        let mut args = vec!["-f", "pipelines/attention.yaml", "run"];
-        args.extend_from_slice(&small);
-        args.extend_from_slice(extra);
-        pipe(root, &args)
-    };
+    let downstream = ["train", "scst", "caption", "score", "report"];
+    for (name, changed_param) in [("attention", "train.alpha_c=0.5"), ("transformer", "train.layers=1")] {
+        let file = format!("pipelines/{name}.yaml");
+        fs::copy(repo().join(&file), root.join(&file)).unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["-f", file.as_str(), "run"];
+            args.extend_from_slice(&small);
+            args.extend_from_slice(extra);
+            pipe(root, &args)
+        };
 
-    let first = run(&[]);
-    assert_eq!(ran_stages(&first).len(), 9, "{first}");
-    assert!(first.contains("attention decoder") && first.contains("7x7 grid of 1280-d cells"), "{first}");
-    let scst: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join("data/out/attention/scst/history.json")).unwrap())
-            .unwrap();
-    assert_eq!(scst["epochs"].as_array().map(Vec::len), Some(2), "{scst}");
-    let m: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(root.join("data/out/attention/score/metrics.json")).unwrap(),
-    )
-    .unwrap();
-    let (bleu4, baseline4) = (m["bleu_4"].as_f64().unwrap(), m["baseline"]["bleu"][3].as_f64().unwrap());
-    eprintln!("attention: test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
-    assert!(bleu4 > baseline4 + 0.05, "BLEU-4 {bleu4} does not beat the baseline {baseline4}");
+        let first = run(&[]);
+        if name == "attention" {
+            assert_eq!(ran_stages(&first).len(), 9, "{first}");
+        } else {
+            assert_eq!(ran_stages(&first), downstream, "the upstream stages are the attention pipeline's: {first}");
+        }
+        assert!(first.contains(&format!("{name} decoder")) && first.contains("7x7 grid of 1280-d cells"), "{first}");
+        let out = root.join("data/out").join(name);
+        let scst: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(out.join("scst/history.json")).unwrap()).unwrap();
+        assert_eq!(scst["epochs"].as_array().map(Vec::len), Some(2), "{scst}");
+        let m: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(out.join("score/metrics.json")).unwrap()).unwrap();
+        let (bleu4, baseline4) = (m["bleu_4"].as_f64().unwrap(), m["baseline"]["bleu"][3].as_f64().unwrap());
+        eprintln!("{name}: test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
+        assert!(bleu4 > baseline4 + 0.05, "{name}: BLEU-4 {bleu4} does not beat the baseline {baseline4}");
 
-    let again = run(&[]);
-    assert!(again.contains("9 stages: 0 ran, 9 cached"), "{again}");
-    let report = fs::read_to_string(root.join("data/out/attention/report/report/index.html")).unwrap();
-    assert!(report.matches("class=\"hm\"").count() >= 3, "the gallery shows per-word attention maps");
-    let changed = run(&["-S", "train.alpha_c=0.5"]);
-    assert_eq!(ran_stages(&changed), ["train", "scst", "caption", "score", "report"], "{changed}");
+        let again = run(&[]);
+        assert!(again.contains("9 stages: 0 ran, 9 cached"), "{again}");
+        let report = fs::read_to_string(out.join("report/report/index.html")).unwrap();
+        assert!(report.matches("class=\"hm\"").count() >= 3, "{name}: the gallery shows per-word attention maps");
+        let changed = run(&["-S", changed_param]);
+        assert_eq!(ran_stages(&changed), downstream, "{changed}");
 
-    // `pipe caption` runs the attention model over the grid backbone on a new image file.
-    let image =
-        root.join("data/out/attention/synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
-    let captioned = pipe(root, &["-f", "pipelines/attention.yaml", "caption", image.to_str().unwrap()]);
-    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
-    assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
+        // `pipe caption` runs the model over the grid backbone on a new image file.
+        let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
+        let captioned = pipe(root, &["-f", file.as_str(), "caption", image.to_str().unwrap()]);
+        let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
+        assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
+    }
 }
 
 fn git(root: &Path, args: &[&str]) {

@@ -8,12 +8,16 @@ use tch::{nn, Device, Kind};
 
 use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{load_word_vectors, FeatureTable, TokenTable, Vocab};
-use crate::model::decoder::{AttentionConfig, CaptionDecoder, DecoderConfig, ModelConfig};
+use crate::model::decoder::{
+    AttentionConfig, CaptionDecoder, CnnConfig, DecoderConfig, ModelConfig, TransformerConfig,
+};
 use crate::model::train::{train, EpochRecord, History, TrainMonitor, TrainOptions};
 use pipe::contract::files::{
     artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, TOKENS_FILE, VOCAB_FILE, WEIGHTS_FILE,
 };
-use pipe::stages::train::{Decoder, TrainParams, DEFAULT_ALPHA_C, DEFAULT_ATTENTION_DIM};
+use pipe::stages::train::{
+    Decoder, TrainParams, DEFAULT_ALPHA_C, DEFAULT_ATTENTION_DIM, DEFAULT_HEADS, DEFAULT_LAYERS,
+};
 use pipe_engine::fsutil::write_json_atomic;
 use pipe_engine::stage::StageContext;
 
@@ -68,7 +72,7 @@ fn options(params: &TrainParams, device: Device) -> TrainOptions {
         lr_patience: params.lr_patience,
         label_smoothing: params.label_smoothing,
         bucket_batches: params.bucket_batches,
-        group_by_image: params.decoder == Decoder::Attention,
+        group_by_image: params.decoder.reads_grid(),
         seed: params.seed,
         device,
     }
@@ -157,12 +161,37 @@ fn model_config(
             max_len,
             pad_id,
         }),
-        Decoder::Attention => {
-            if features.grid.is_none() {
+        Decoder::Cnn => ModelConfig::Cnn(CnnConfig {
+            vocab_size,
+            feature_dim: features.dim(),
+            embed: params.embed,
+            filters: params.hidden,
+            dense: params.dense,
+            dropout: params.dropout,
+            max_len,
+            pad_id,
+        }),
+        Decoder::Attention | Decoder::Transformer => {
+            let Some(grid) = features.grid else {
                 bail!(
-                    "`decoder: attention` needs grid features: set `output: grid` on the features stage \
-                     (with a backbone exported by `scripts/export_backbone.py --output grid`)"
+                    "`decoder: {}` needs grid features: set `output: grid` on the features stage \
+                     (with a backbone exported by `scripts/export_backbone.py --output grid`)",
+                    serde_json::to_value(params.decoder)?.as_str().unwrap_or_default()
                 );
+            };
+            if params.decoder == Decoder::Transformer {
+                return Ok(ModelConfig::Transformer(TransformerConfig {
+                    vocab_size,
+                    feature_dim: features.dim(),
+                    grid: grid.map(|n| n as i64),
+                    embed: params.embed,
+                    width: params.hidden,
+                    heads: params.heads.unwrap_or(DEFAULT_HEADS),
+                    layers: params.layers.unwrap_or(DEFAULT_LAYERS),
+                    dropout: params.dropout,
+                    max_len,
+                    pad_id,
+                }));
             }
             ModelConfig::Attention(AttentionConfig {
                 vocab_size,

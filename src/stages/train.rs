@@ -1,5 +1,6 @@
-//! `train`: fits a caption decoder (`decoder: merge`, the default, on pooled features, or
-//! `attention` on grid features) on the train split's captions and image features,
+//! `train`: fits a caption decoder (`decoder: merge`, the default, or `cnn` on pooled
+//! features; `attention` or `transformer` on grid features) on the train split's captions
+//! and image features,
 //! early-stopping on the dev split, and writes the best epoch's weights.
 //!
 //! Inputs: `tokens` (tokens.parquet), `vocab` (vocab.json), `features` (features.arrow),
@@ -23,11 +24,15 @@ use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, In
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainParams {
-    /// Which decoder: `merge` (the tutorial model and the peer's) or `attention`.
+    /// Which decoder: `merge` (the tutorial model and the peer's), `attention`,
+    /// `transformer` or `cnn`.
     #[serde(skip_serializing_if = "Decoder::is_merge")]
     pub decoder: Decoder,
     pub embed: i64,
+    /// The LSTM's width (merge, attention), the model width (transformer) or the number of
+    /// convolution filters (cnn).
     pub hidden: i64,
+    /// The Dense layer before the vocabulary layer (merge, cnn).
     pub dense: i64,
     pub dropout: f64,
     pub lr: f64,
@@ -62,6 +67,12 @@ pub struct TrainParams {
     /// `attention` only: weight of the doubly stochastic attention penalty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha_c: Option<f64>,
+    /// `transformer` only: decoder layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<i64>,
+    /// `transformer` only: attention heads (`hidden` must be a multiple of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<i64>,
 }
 
 /// The decoders the train kind fits (`pipe-torch/src/model/decoder/`).
@@ -73,17 +84,30 @@ pub enum Decoder {
     Merge,
     /// Soft attention over a feature grid (Show, Attend and Tell).
     Attention,
+    /// A pre-norm transformer decoder with cross-attention to the grid cells.
+    Transformer,
+    /// A 1-D convolution over the word prefix, merged with the pooled image vector (the
+    /// Flask captioning apps' Flickr30k model).
+    Cnn,
 }
 
 impl Decoder {
     pub fn is_merge(&self) -> bool {
         *self == Self::Merge
     }
+
+    /// Decoders that read grid features; their batches hold whole images.
+    pub fn reads_grid(&self) -> bool {
+        matches!(self, Self::Attention | Self::Transformer)
+    }
 }
 
 /// Defaults of the attention-only params.
 pub const DEFAULT_ATTENTION_DIM: i64 = 256;
 pub const DEFAULT_ALPHA_C: f64 = 1.0;
+/// Defaults of the transformer-only params.
+pub const DEFAULT_LAYERS: i64 = 3;
+pub const DEFAULT_HEADS: i64 = 8;
 
 impl Default for TrainParams {
     fn default() -> Self {
@@ -110,6 +134,8 @@ impl Default for TrainParams {
             freeze_embeddings: false,
             attention_dim: None,
             alpha_c: None,
+            layers: None,
+            heads: None,
         }
     }
 }
@@ -139,8 +165,20 @@ impl TrainParams {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("label_smoothing must be in [0, 1), got {}", self.label_smoothing);
         }
-        if self.decoder == Decoder::Merge && (self.attention_dim.is_some() || self.alpha_c.is_some()) {
-            bail!("attention_dim and alpha_c are params of `decoder: attention`, not of merge");
+        if self.decoder != Decoder::Attention && (self.attention_dim.is_some() || self.alpha_c.is_some()) {
+            bail!("attention_dim and alpha_c are params of `decoder: attention`");
+        }
+        if self.decoder != Decoder::Transformer && (self.layers.is_some() || self.heads.is_some()) {
+            bail!("layers and heads are params of `decoder: transformer`");
+        }
+        if self.layers.is_some_and(|n| n <= 0) || self.heads.is_some_and(|n| n <= 0) {
+            bail!("layers and heads must be positive");
+        }
+        if self.decoder == Decoder::Transformer {
+            let heads = self.heads.unwrap_or(DEFAULT_HEADS);
+            if self.hidden % heads != 0 {
+                bail!("hidden ({}) must be a multiple of heads ({heads})", self.hidden);
+            }
         }
         if self.attention_dim.is_some_and(|a| a <= 0) {
             bail!("attention_dim must be positive");
@@ -210,5 +248,11 @@ mod tests {
         assert_eq!((a["decoder"].as_str(), a["alpha_c"].as_f64()), (Some("attention"), Some(0.5)));
         assert!(Train.normalize_params(&serde_json::json!({"alpha_c": 0.5})).is_err());
         assert!(Train.normalize_params(&serde_json::json!({"decoder": "gru"})).is_err());
+        let t = Train.normalize_params(&serde_json::json!({"decoder": "transformer", "layers": 2})).unwrap();
+        assert_eq!((t["decoder"].as_str(), t["layers"].as_i64()), (Some("transformer"), Some(2)));
+        assert!(Train.normalize_params(&serde_json::json!({"decoder": "attention", "layers": 2})).is_err());
+        let odd = serde_json::json!({"decoder": "transformer", "hidden": 100, "heads": 8});
+        assert!(Train.normalize_params(&odd).unwrap_err().to_string().contains("multiple of heads"));
+        assert!(Train.normalize_params(&serde_json::json!({"decoder": "cnn", "alpha_c": 1.0})).is_err());
     }
 }

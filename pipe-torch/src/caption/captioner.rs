@@ -180,7 +180,7 @@ impl CaptionModel {
             let inputs =
                 Tensor::from_slice(&inputs).view([chunk.len() as i64, width as i64]).to_device(self.device());
             let alpha = self.decoder.attention(&self.decoder.features(&rows)?, &inputs).context(
-                "attention_maps needs a model that attends over a feature grid (decoder: attention)",
+                "attention_maps needs a model that attends over a feature grid (decoder: attention or transformer)",
             )?;
             let cells = alpha.size()[2] as usize;
             let values = Vec::<f32>::try_from(alpha.to_device(Device::Cpu).reshape([-1]))?;

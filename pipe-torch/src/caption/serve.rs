@@ -54,7 +54,7 @@ pub fn serve(config: &ServeConfig, input: &mut impl BufRead, output: &mut impl W
             several => format!("ensemble of {}", several.len()),
         };
         let grid = backbone.spec().grid;
-        let attention = model.configs.len() == 1 && model.configs[0].name() == "attention" && grid.is_some();
+        let attention = model.configs.len() == 1 && model.configs[0].attends() && grid.is_some();
         let info = LoadedModel { name: spec.name.clone(), decoder, attention, grid };
         loaded.push(info.clone());
         served.insert(spec.name.clone(), Served { spec: spec.clone(), model, backbone, info });

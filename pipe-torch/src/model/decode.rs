@@ -434,7 +434,8 @@ fn ban_vector(model: &dyn StepDecoder, opts: &DecodeOptions, device: tch::Device
 mod tests {
     use super::*;
     use crate::model::decoder::{
-        AttentionConfig, AttentionDecoder, DecoderConfig, Ensemble, MergeDecoder, StepDecoder,
+        AttentionConfig, AttentionDecoder, CnnConfig, CnnDecoder, DecoderConfig, Ensemble, MergeDecoder,
+        StepDecoder, TransformerConfig, TransformerDecoder,
     };
     use tch::{nn, Device};
 
@@ -562,17 +563,62 @@ mod tests {
         (vs, dec, feats)
     }
 
+    /// Beam width 1 equals greedy, with and without length normalisation, and a batch
+    /// decodes as its images one at a time.
+    fn check_beam_one_and_batching(dec: &dyn StepDecoder, feats: &Tensor, what: &str) {
+        let g = greedy(dec, feats, &opts()).unwrap();
+        assert_eq!(g, beam_search(dec, feats, &opts(), 1, false).unwrap(), "{what}");
+        assert_eq!(g, beam_search(dec, feats, &opts(), 1, true).unwrap(), "{what}");
+        let wide = beam_search(dec, feats, &opts(), 3, true).unwrap();
+        for (i, h) in wide.iter().enumerate() {
+            let one = beam_search(dec, &feats.narrow(0, i as i64, 1), &opts(), 3, true).unwrap();
+            assert_eq!(one[0].tokens, h.tokens, "{what} image {i}");
+        }
+    }
+
     #[test]
     fn attention_beam_width_one_equals_greedy_and_batching_changes_nothing() {
         for seed in 0..3 {
             let (_vs, dec, feats) = attention_model(seed, 9);
-            let g = greedy(&dec, &feats, &opts()).unwrap();
-            assert_eq!(g, beam_search(&dec, &feats, &opts(), 1, false).unwrap(), "seed {seed}");
-            let wide = beam_search(&dec, &feats, &opts(), 3, true).unwrap();
-            for (i, h) in wide.iter().enumerate() {
-                let one = beam_search(&dec, &feats.narrow(0, i as i64, 1), &opts(), 3, true).unwrap();
-                assert_eq!(one[0].tokens, h.tokens, "seed {seed} image {i}");
-            }
+            check_beam_one_and_batching(&dec, &feats, &format!("seed {seed}"));
+        }
+    }
+
+    #[test]
+    fn transformer_and_cnn_beam_width_one_equals_greedy_and_batching_changes_nothing() {
+        for seed in 0..3 {
+            let _rng = crate::model::train::torch_rng_lock();
+            tch::manual_seed(seed);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = TransformerConfig {
+                vocab_size: 30,
+                feature_dim: 6,
+                grid: [1, 5],
+                embed: 16,
+                width: 16,
+                heads: 4,
+                layers: 2,
+                dropout: 0.1,
+                max_len: 12,
+                pad_id: 0,
+            };
+            let transformer = TransformerDecoder::new(&cfg, vs.root());
+            let rows = Tensor::randn([9, 30], (Kind::Float, Device::Cpu)) * 3.0;
+            let feats = transformer.features(&rows).unwrap();
+            check_beam_one_and_batching(&transformer, &feats, &format!("transformer, seed {seed}"));
+            let cfg = CnnConfig {
+                vocab_size: 30,
+                feature_dim: 10,
+                embed: 12,
+                filters: 16,
+                dense: 12,
+                dropout: 0.5,
+                max_len: 12,
+                pad_id: 0,
+            };
+            let cnn = CnnDecoder::new(&cfg, vs.root() / "cnn");
+            let feats = Tensor::randn([9, 10], (Kind::Float, Device::Cpu)) * 3.0;
+            check_beam_one_and_batching(&cnn, &feats, &format!("cnn, seed {seed}"));
         }
     }
 

@@ -522,16 +522,11 @@ mod tests {
         assert!(last < 0.3, "final train loss {last}");
     }
 
-    #[test]
-    fn tiny_attention_model_overfits_and_greedy_repeats_a_training_caption() {
+    /// Fits `model` (built under `vs`) to the tiny set for 150 epochs: its final train
+    /// loss, and greedy's caption of image 0.
+    fn overfit(model: &dyn CaptionDecoder, vs: &nn::VarStore, group_by_image: bool) -> (f64, Vec<i64>) {
         use crate::model::decode::{greedy, DecodeOptions};
-        use crate::model::decoder::AttentionDecoder;
-        let _rng = torch_rng_lock();
-        tch::manual_seed(5);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = crate::model::decoder::attention::tests::small(0.1, 1.0);
-        let model = AttentionDecoder::new(&cfg, vs.root());
-        let (features, set) = tiny_data(); // (4, 16): a 4-cell grid of 4 values per image
+        let (features, set) = tiny_data();
         let opts = TrainOptions {
             lr: 0.01,
             batch_size: 2,
@@ -541,19 +536,41 @@ mod tests {
             lr_patience: 1,
             label_smoothing: 0.0,
             bucket_batches: 1,
-            group_by_image: true,
+            group_by_image,
             seed: 5,
             device: Device::Cpu,
         };
         let empty = CaptionSet::from_lists(&[], &[], 0);
-        let history = train(&model, &vs, &features, &set, &empty, &opts, &mut Silent).unwrap();
-        let last = history.epochs.last().unwrap().train_loss;
-        assert!(last < 0.5, "final train loss {last}");
+        let history = train(model, vs, &features, &set, &empty, &opts, &mut Silent).unwrap();
         let decode =
             DecodeOptions { start_id: 2, end_id: 3, banned: vec![0, 1, 2], max_steps: 6, block_repeats: 0 };
         let feats = model.features(&features.narrow(0, 0, 1)).unwrap();
-        let caption = &greedy(&model, &feats, &decode).unwrap()[0];
-        assert_eq!(caption.tokens, [4, 5, 6], "image 0's only caption is 2 4 5 6 3");
+        let caption = greedy(model, &feats, &decode).unwrap().remove(0);
+        (history.epochs.last().unwrap().train_loss, caption.tokens)
+    }
+
+    /// Each decoder but merge (tested above) overfits the tiny set; image 0's only caption
+    /// is 2 4 5 6 3, and greedy says it back. The grid decoders read each 16-value row as a
+    /// grid of 4 cells of 4 values.
+    #[test]
+    fn tiny_attention_transformer_and_cnn_models_overfit_and_greedy_repeats_a_training_caption() {
+        use crate::model::decoder::{attention, cnn, transformer, AttentionDecoder, CnnDecoder, TransformerDecoder};
+        let _rng = torch_rng_lock();
+        for name in ["attention", "transformer", "cnn"] {
+            tch::manual_seed(5);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let (model, grid): (Box<dyn CaptionDecoder>, bool) = match name {
+                "attention" => (Box::new(AttentionDecoder::new(&attention::tests::small(0.1, 1.0), vs.root())), true),
+                "transformer" => (Box::new(TransformerDecoder::new(&transformer::tests::small(0.1), vs.root())), true),
+                _ => {
+                    let cfg = cnn::CnnConfig { feature_dim: 16, vocab_size: 12, max_len: 6, dropout: 0.1, ..cnn::tests::tiny() };
+                    (Box::new(CnnDecoder::new(&cfg, vs.root())), false)
+                }
+            };
+            let (loss, caption) = overfit(model.as_ref(), &vs, grid);
+            assert!(loss < 0.5, "{name}: final train loss {loss}");
+            assert_eq!(caption, [4, 5, 6], "{name}");
+        }
     }
 
     /// A caption set with these lengths, five captions per image.

@@ -5,13 +5,17 @@
 //! |---|---|---|
 //! | `merge` | pooled (B, D) | [`merge::MergeDecoder`], the 2017 tutorial model and the peer's |
 //! | `attention` | grid (B, L·D) | [`attention::AttentionDecoder`], Show, Attend and Tell |
+//! | `transformer` | grid (B, L·D) | [`transformer::TransformerDecoder`], pre-norm, cross-attention to the cells |
+//! | `cnn` | pooled (B, D) | [`cnn::CnnDecoder`], the Flask apps' 1-D convolution over the prefix |
 //!
 //! `model.json` holds the config: a merge config as it always was (no tag, so older
 //! models still load), the others tagged with `"decoder": "<name>"`.
 
 pub mod attention;
+pub mod cnn;
 pub mod ensemble;
 pub mod merge;
+pub mod transformer;
 
 use std::path::Path;
 
@@ -21,8 +25,10 @@ use serde_json::Value;
 use tch::{nn, Tensor};
 
 pub use attention::{AttentionConfig, AttentionDecoder};
+pub use cnn::{CnnConfig, CnnDecoder};
 pub use ensemble::Ensemble;
 pub use merge::{DecoderConfig, MergeDecoder};
+pub use transformer::{TransformerConfig, TransformerDecoder};
 
 /// What decoding needs: a model (or an ensemble of them) that scores the next word.
 pub trait StepDecoder {
@@ -93,6 +99,8 @@ impl DecodeState {
 pub enum ModelConfig {
     Merge(DecoderConfig),
     Attention(AttentionConfig),
+    Transformer(TransformerConfig),
+    Cnn(CnnConfig),
 }
 
 /// The `decoder` tag of a tagged `model.json`.
@@ -104,13 +112,22 @@ impl ModelConfig {
         match self {
             Self::Merge(_) => "merge",
             Self::Attention(_) => "attention",
+            Self::Transformer(_) => "transformer",
+            Self::Cnn(_) => "cnn",
         }
+    }
+
+    /// Whether the decoder attends over grid cells (and so can show where it looked).
+    pub fn attends(&self) -> bool {
+        matches!(self, Self::Attention(_) | Self::Transformer(_))
     }
 
     pub fn vocab_size(&self) -> i64 {
         match self {
             Self::Merge(c) => c.vocab_size,
             Self::Attention(c) => c.vocab_size,
+            Self::Transformer(c) => c.vocab_size,
+            Self::Cnn(c) => c.vocab_size,
         }
     }
 
@@ -118,6 +135,8 @@ impl ModelConfig {
         match self {
             Self::Merge(c) => c.max_len,
             Self::Attention(c) => c.max_len,
+            Self::Transformer(c) => c.max_len,
+            Self::Cnn(c) => c.max_len,
         }
     }
 
@@ -126,6 +145,8 @@ impl ModelConfig {
         match self {
             Self::Merge(c) => Box::new(MergeDecoder::new(c, vs)),
             Self::Attention(c) => Box::new(AttentionDecoder::new(c, vs)),
+            Self::Transformer(c) => Box::new(TransformerDecoder::new(c, vs)),
+            Self::Cnn(c) => Box::new(CnnDecoder::new(c, vs)),
         }
     }
 
@@ -133,6 +154,8 @@ impl ModelConfig {
         Ok(match self {
             Self::Merge(c) => serde_json::to_value(c)?,
             Self::Attention(c) => tagged(self.name(), c)?,
+            Self::Transformer(c) => tagged(self.name(), c)?,
+            Self::Cnn(c) => tagged(self.name(), c)?,
         })
     }
 
@@ -142,7 +165,13 @@ impl ModelConfig {
         Ok(match tag.as_ref().map(|t| t.as_str().unwrap_or_default()) {
             None | Some("merge") => Self::Merge(serde_json::from_value(value)?),
             Some("attention") => Self::Attention(serde_json::from_value(value)?),
-            Some(other) => bail!("unknown decoder `{other}` (expected merge or attention)"),
+            Some("transformer") => {
+                let config: TransformerConfig = serde_json::from_value(value)?;
+                config.validate()?;
+                Self::Transformer(config)
+            }
+            Some("cnn") => Self::Cnn(serde_json::from_value(value)?),
+            Some(other) => bail!("unknown decoder `{other}` (expected merge, attention, transformer or cnn)"),
         })
     }
 
@@ -186,6 +215,11 @@ mod tests {
         let json = attention.to_json().unwrap();
         assert_eq!(json[TAG], "attention");
         assert_eq!(ModelConfig::from_json(&json).unwrap(), attention);
+        for config in [ModelConfig::Transformer(transformer::tests::tiny()), ModelConfig::Cnn(cnn::tests::tiny())] {
+            let json = config.to_json().unwrap();
+            assert_eq!(json[TAG], config.name());
+            assert_eq!(ModelConfig::from_json(&json).unwrap(), config);
+        }
         let err = ModelConfig::from_json(&serde_json::json!({"decoder": "gru"})).unwrap_err();
         assert!(err.to_string().contains("gru"), "{err}");
     }
