@@ -1,12 +1,14 @@
-"""Times training epochs of a plain-PyTorch Show, Attend and Tell decoder, the same model
-as pipe's `decoder: attention` (pipe-torch/src/model/decoder/attention.rs), on the
-Flickr8k train captions with random 7x7x1280 grids, for a side-by-side with pipe's train
-stage (`history.json` seconds) on the same machine. Written the way a PyTorch user would:
-an nn.Module, a Python loop over steps, Adam, cross-entropy on the real tokens only.
+"""Times training epochs of a plain-PyTorch grid decoder, the same model as pipe's
+`decoder: attention` (Show, Attend and Tell; pipe-torch/src/model/decoder/attention.rs) or
+`decoder: transformer` (pipe-torch/src/model/decoder/transformer.rs), on the Flickr8k train
+captions with random 7x7x1280 grids, for a side-by-side with pipe's train stage on the
+same machine. Written the way a PyTorch user would: an nn.Module (torch.nn's own
+TransformerDecoder for the transformer), Adam, cross-entropy on the real tokens only.
 
 Usage: .venv/bin/python scripts/bench_attention_epoch.py [EPOCHS]
-  FLICKR8K_DIR (default ../shared/flickr8k), BATCH (64), EMBED (256), HIDDEN (512),
-  ATTENTION (256), MIN_COUNT (5)
+  MODEL (attention | transformer), FLICKR8K_DIR (default ../shared/flickr8k), BATCH (64),
+  EMBED (256), HIDDEN (512), ATTENTION (256), MIN_COUNT (5); the transformer: WIDTH (256),
+  LAYERS (3), HEADS (8), DROPOUT (0.3)
 """
 import collections
 import os
@@ -73,14 +75,44 @@ class Attention(nn.Module):
         return logits, ((1 - total) ** 2).mean()
 
 
+class Transformer(nn.Module):
+    """Pre-norm layers, cross-attention to the cells with learned row and column positions."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        width = int(os.environ.get("WIDTH", 256))
+        dropout = float(os.environ.get("DROPOUT", 0.3))
+        self.embed = nn.Embedding(vocab, E, padding_idx=0)
+        self.embed_project = nn.Linear(E, width) if E != width else nn.Identity()
+        self.word_positions = nn.Parameter(torch.randn(64, width) * 0.02)
+        self.project = nn.Linear(D, width)
+        self.rows, self.columns = (nn.Parameter(torch.randn(7, width) * 0.02) for _ in range(2))
+        self.memory_norm = nn.LayerNorm(width)
+        layer = nn.TransformerDecoderLayer(
+            width, int(os.environ.get("HEADS", 8)), 4 * width, dropout, batch_first=True, norm_first=True
+        )
+        self.decoder = nn.TransformerDecoder(layer, int(os.environ.get("LAYERS", 3)), norm=nn.LayerNorm(width))
+        self.out = nn.Linear(width, vocab)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, grid, inputs, mask):
+        positions = (self.rows.unsqueeze(1) + self.columns.unsqueeze(0)).reshape(L, -1)
+        memory = self.drop(self.memory_norm(self.project(grid) + positions))
+        steps = inputs.shape[1]
+        x = self.drop(self.embed_project(self.embed(inputs)) + self.word_positions[:steps])
+        causal = nn.Transformer.generate_square_subsequent_mask(steps)
+        x = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True)
+        return self.out(x[mask]), torch.zeros(())
+
+
 def main():
     torch.manual_seed(0)
     random.seed(0)
     rows, seqs, vocab, images = load_captions()
     grids = torch.randn(images, L, D).half()  # pipe keeps grids as Float16 too
-    model = Attention(vocab)
+    model = Transformer(vocab) if os.environ.get("MODEL") == "transformer" else Attention(vocab)
     opt = torch.optim.Adam(model.parameters(), lr=4e-4)
-    print(f"vocab {vocab}, captions {len(seqs)}, threads {torch.get_num_threads()}, E/H/A {E}/{H}/{A}", flush=True)
+    print(f"{type(model).__name__}: vocab {vocab}, captions {len(seqs)}, threads {torch.get_num_threads()}", flush=True)
     for epoch in range(int(sys.argv[1]) if len(sys.argv) > 1 else 1):
         order = list(range(len(seqs)))
         random.shuffle(order)

@@ -422,7 +422,7 @@ mod tests {
     use tch::nn::OptimizerConfig;
 
     use super::*;
-    use crate::model::decoder::{DecoderConfig, MergeDecoder, StepDecoder};
+    use crate::model::decoder::{DecoderConfig, MergeDecoder};
     use crate::model::optim::FusedAdam;
 
     /// Four images, one or two captions each, over a vocabulary of 12 (pad 0, unk 1,
