@@ -165,9 +165,16 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
         if name == "attention" {
             assert_eq!(ran_stages(&first).len(), 9, "{first}");
         } else {
-            assert_eq!(ran_stages(&first), downstream, "the upstream stages are the attention pipeline's: {first}");
+            assert_eq!(
+                ran_stages(&first),
+                downstream,
+                "the upstream stages are the attention pipeline's: {first}"
+            );
         }
-        assert!(first.contains(&format!("{name} decoder")) && first.contains("7x7 grid of 1280-d cells"), "{first}");
+        assert!(
+            first.contains(&format!("{name} decoder")) && first.contains("7x7 grid of 1280-d cells"),
+            "{first}"
+        );
         let out = root.join("data/out").join(name);
         let scst: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(out.join("scst/history.json")).unwrap()).unwrap();
@@ -181,7 +188,10 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
         let again = run(&[]);
         assert!(again.contains("9 stages: 0 ran, 9 cached"), "{again}");
         let report = fs::read_to_string(out.join("report/report/index.html")).unwrap();
-        assert!(report.matches("class=\"hm\"").count() >= 3, "{name}: the gallery shows per-word attention maps");
+        assert!(
+            report.matches("class=\"hm\"").count() >= 3,
+            "{name}: the gallery shows per-word attention maps"
+        );
         let changed = run(&["-S", changed_param]);
         assert_eq!(ran_stages(&changed), downstream, "{changed}");
 
@@ -189,7 +199,10 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
         let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
         let captioned = pipe(root, &["-f", file.as_str(), "caption", image.to_str().unwrap()]);
         let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
-        assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
+        assert!(
+            line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3),
+            "{line}"
+        );
     }
 }
 

@@ -554,16 +554,28 @@ mod tests {
     /// grid of 4 cells of 4 values.
     #[test]
     fn tiny_attention_transformer_and_cnn_models_overfit_and_greedy_repeats_a_training_caption() {
-        use crate::model::decoder::{attention, cnn, transformer, AttentionDecoder, CnnDecoder, TransformerDecoder};
+        use crate::model::decoder::{
+            attention, cnn, transformer, AttentionDecoder, CnnDecoder, TransformerDecoder,
+        };
         let _rng = torch_rng_lock();
         for name in ["attention", "transformer", "cnn"] {
             tch::manual_seed(5);
             let vs = nn::VarStore::new(Device::Cpu);
             let (model, grid): (Box<dyn CaptionDecoder>, bool) = match name {
-                "attention" => (Box::new(AttentionDecoder::new(&attention::tests::small(0.1, 1.0), vs.root())), true),
-                "transformer" => (Box::new(TransformerDecoder::new(&transformer::tests::small(0.1), vs.root())), true),
+                "attention" => {
+                    (Box::new(AttentionDecoder::new(&attention::tests::small(0.1, 1.0), vs.root())), true)
+                }
+                "transformer" => {
+                    (Box::new(TransformerDecoder::new(&transformer::tests::small(0.1), vs.root())), true)
+                }
                 _ => {
-                    let cfg = cnn::CnnConfig { feature_dim: 16, vocab_size: 12, max_len: 6, dropout: 0.1, ..cnn::tests::tiny() };
+                    let cfg = cnn::CnnConfig {
+                        feature_dim: 16,
+                        vocab_size: 12,
+                        max_len: 6,
+                        dropout: 0.1,
+                        ..cnn::tests::tiny()
+                    };
                     (Box::new(CnnDecoder::new(&cfg, vs.root())), false)
                 }
             };

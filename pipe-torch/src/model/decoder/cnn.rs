@@ -123,11 +123,14 @@ impl StepDecoder for CnnDecoder {
     }
 
     fn step(&self, tokens: &Tensor, state: &DecodeState) -> (Tensor, DecodeState) {
-        let [image, recent, pooled] = &state.rows[..] else { panic!("a cnn decoder state has three tensors") };
+        let [image, recent, pooled] = &state.rows[..] else {
+            panic!("a cnn decoder state has three tensors")
+        };
         let window = Tensor::cat(&[recent, &tokens.apply(&self.embed).unsqueeze(2)], 2); // (R, E, 3)
         let rows = window.size()[0];
         let filters = self.cfg.filters;
-        let conv = window.reshape([rows, -1]).linear(&self.conv.ws.reshape([filters, -1]), self.conv.bs.as_ref());
+        let conv =
+            window.reshape([rows, -1]).linear(&self.conv.ws.reshape([filters, -1]), self.conv.bs.as_ref());
         let pooled = pooled.maximum(&conv.relu());
         let lp = self.head(&pooled, image, false).log_softmax(-1, Kind::Float);
         let recent = window.narrow(2, 1, WINDOW - 1);
@@ -149,7 +152,8 @@ impl CaptionDecoder for CnnDecoder {
         rows: &Tensor,
         train: bool,
     ) -> (Tensor, Option<Tensor>) {
-        let image = images.dropout(self.cfg.dropout, train).apply(&self.dense_image).index_select(0, image_of);
+        let image =
+            images.dropout(self.cfg.dropout, train).apply(&self.dense_image).index_select(0, image_of);
         let pooled = self.pooled_prefixes(inputs).reshape([-1, self.cfg.filters]).index_select(0, positions);
         (self.head(&pooled, &image.index_select(0, rows), train), None)
     }

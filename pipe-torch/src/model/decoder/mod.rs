@@ -215,7 +215,9 @@ mod tests {
         let json = attention.to_json().unwrap();
         assert_eq!(json[TAG], "attention");
         assert_eq!(ModelConfig::from_json(&json).unwrap(), attention);
-        for config in [ModelConfig::Transformer(transformer::tests::tiny()), ModelConfig::Cnn(cnn::tests::tiny())] {
+        for config in
+            [ModelConfig::Transformer(transformer::tests::tiny()), ModelConfig::Cnn(cnn::tests::tiny())]
+        {
             let json = config.to_json().unwrap();
             assert_eq!(json[TAG], config.name());
             assert_eq!(ModelConfig::from_json(&json).unwrap(), config);

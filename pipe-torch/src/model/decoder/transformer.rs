@@ -162,7 +162,8 @@ impl Layer {
         };
         let (a, _) = self.self_attention.attend(&h, &keys, &values, causal);
         let x = x + a.dropout(dropout, train);
-        let (c, cross_weights) = self.cross_attention.attend(&x.apply(&self.cross_norm), cross.0, cross.1, None);
+        let (c, cross_weights) =
+            self.cross_attention.attend(&x.apply(&self.cross_norm), cross.0, cross.1, None);
         let x = x + c.dropout(dropout, train);
         let f = x.apply(&self.ff_norm).apply(&self.ff_in).relu().dropout(dropout, train).apply(&self.ff_out);
         LayerOutput { x: x + f.dropout(dropout, train), keys, values, cross_weights }
