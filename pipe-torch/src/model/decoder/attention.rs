@@ -16,11 +16,11 @@
 //! C (the projected cell width) equals H. The LSTM's input weights are split into the
 //! word part, computed for all steps of a batch in one product, and the context part.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{torch_linear, CaptionDecoder, DecodeState, StepDecoder};
+use super::{grid_features, torch_linear, CaptionDecoder, DecodeState, StepDecoder};
 
 /// Attention decoder hyper-parameters; saved in `model.json` (tagged `"decoder": "attention"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,14 +144,7 @@ impl StepDecoder for AttentionDecoder {
 
     /// Grid rows (B, L·D) → (B, L, D) Float.
     fn features(&self, rows: &Tensor) -> Result<Tensor> {
-        let (n, width) = (rows.size()[0], rows.size()[1]);
-        let (cells, d) = (self.cfg.cells, self.cfg.feature_dim);
-        ensure!(
-            width == cells * d,
-            "features are {width} wide, but the attention model reads grids of {cells} cells × {d} \
-             (a features stage with `output: grid` and the backbone it was trained with)"
-        );
-        Ok(rows.to_kind(Kind::Float).view([n, cells, d]))
+        grid_features(rows, self.cfg.cells, self.cfg.feature_dim, "attention")
     }
 
     /// State: cells (R, L, C), keys (R, L, A), h (R, H), c (R, H).
@@ -296,19 +289,8 @@ pub(crate) mod tests {
         assert_eq!(feats.size(), [2, 4, 6]);
         assert!(dec.features(&Tensor::zeros([2, 23], (Kind::Float, Device::Cpu))).is_err());
         let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
-        let all = Tensor::arange(6, (Kind::Int64, Device::Cpu));
-        let rows_of = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
-        let image_of = Tensor::from_slice(&[0i64, 1]);
-        let (logits, penalty) = dec.target_logits(&feats, &image_of, &inputs, &all, &rows_of, false);
-        assert_eq!(logits.size(), [6, 11]);
+        let penalty = super::super::tests::assert_steps_match_teacher_forcing(&dec, &feats, &inputs);
         assert_eq!(penalty.unwrap().size(), Vec::<i64>::new());
-        let full = logits.log_softmax(-1, Kind::Float).view([2, 3, 11]);
-        let mut state = dec.start(&feats);
-        for t in 0..3 {
-            let (lp, next) = dec.step(&inputs.select(1, t), &state);
-            assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
-            state = next;
-        }
         let alpha = dec.attention(&feats, &inputs).unwrap();
         assert_eq!(alpha.size(), [2, 3, 4]);
         let sums = alpha.sum_dim_intlist(2, false, Kind::Float);

@@ -13,11 +13,11 @@
 //! image half is computed once per image. Decoding keeps the last two embedded words and
 //! the running max, so a step is one window of the convolution.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::{torch_linear, CaptionDecoder, DecodeState, StepDecoder};
+use super::{pooled_features, torch_linear, CaptionDecoder, DecodeState, StepDecoder};
 
 /// The convolution's width in words.
 const WINDOW: i64 = 3;
@@ -100,13 +100,7 @@ impl StepDecoder for CnnDecoder {
 
     /// Pooled rows as they are; grid rows (L·D wide) averaged over their cells.
     fn features(&self, rows: &Tensor) -> Result<Tensor> {
-        let (n, width, d) = (rows.size()[0], rows.size()[1], self.cfg.feature_dim);
-        ensure!(
-            width % d == 0,
-            "features are {width} wide, but the model reads {d}-d vectors (or grids of them)"
-        );
-        let rows = rows.to_kind(Kind::Float);
-        Ok(if width == d { rows } else { rows.view([n, width / d, d]).mean_dim(1, false, Kind::Float) })
+        pooled_features(rows, self.cfg.feature_dim)
     }
 
     /// State: the image half (R, dense), the last two embedded words (R, E, 2) (zeros at
@@ -187,18 +181,6 @@ pub(crate) mod tests {
         let grid = dec.features(&Tensor::randn([2, 24], (Kind::Float, Device::Cpu))).unwrap();
         assert_eq!(grid.size(), [2, 6], "a grid's cells are averaged");
         let inputs = Tensor::from_slice(&[2i64, 4, 5, 6, 2, 6, 7, 7]).view([2, 4]);
-        let all = Tensor::arange(8, (Kind::Int64, Device::Cpu));
-        let rows_of = Tensor::from_slice(&[0i64, 0, 0, 0, 1, 1, 1, 1]);
-        let image_of = Tensor::from_slice(&[0i64, 1]);
-        let (logits, penalty) = dec.target_logits(&feats, &image_of, &inputs, &all, &rows_of, false);
-        assert_eq!(logits.size(), [8, 11]);
-        assert!(penalty.is_none());
-        let full = logits.log_softmax(-1, Kind::Float).view([2, 4, 11]);
-        let mut state = dec.start(&feats);
-        for t in 0..4 {
-            let (lp, next) = dec.step(&inputs.select(1, t), &state);
-            assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
-            state = next;
-        }
+        assert!(super::super::tests::assert_steps_match_teacher_forcing(&dec, &feats, &inputs).is_none());
     }
 }

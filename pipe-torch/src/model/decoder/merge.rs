@@ -11,12 +11,12 @@
 //! peer in `shared/peers/torch_merge/model.py`, initialised the way PyTorch initialises it,
 //! so quality comparisons measure the pipeline and not a different model.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, RNN};
 use tch::{Kind, Tensor};
 
-use super::{torch_linear, CaptionDecoder, DecodeState, StepDecoder};
+use super::{pooled_features, torch_linear, CaptionDecoder, DecodeState, StepDecoder};
 
 /// Decoder hyper-parameters; saved as `model.json` next to the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,13 +165,7 @@ impl StepDecoder for MergeDecoder {
 
     /// Pooled rows as they are; grid rows (L·D wide) averaged over their cells.
     fn features(&self, rows: &Tensor) -> Result<Tensor> {
-        let (n, width, d) = (rows.size()[0], rows.size()[1], self.cfg.feature_dim);
-        ensure!(
-            width % d == 0,
-            "features are {width} wide, but the model reads {d}-d vectors (or grids of them)"
-        );
-        let rows = rows.to_kind(Kind::Float);
-        Ok(if width == d { rows } else { rows.view([n, width / d, d]).mean_dim(1, false, Kind::Float) })
+        pooled_features(rows, self.cfg.feature_dim)
     }
 
     /// State: merge vectors (R, H), LSTM h (R, H) and c (R, H); shared, the gate table.

@@ -19,10 +19,10 @@ pub mod transformer;
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 pub use attention::{AttentionConfig, AttentionDecoder};
 pub use cnn::{CnnConfig, CnnDecoder};
@@ -194,6 +194,28 @@ fn tagged(name: &str, config: &impl Serialize) -> Result<Value> {
     Ok(Value::Object(map))
 }
 
+/// Pooled rows (B, D) as they are, grid rows (B, L·D) averaged over their cells: (B, D) Float.
+pub(crate) fn pooled_features(rows: &Tensor, dim: i64) -> Result<Tensor> {
+    let (n, width) = (rows.size()[0], rows.size()[1]);
+    ensure!(
+        width % dim == 0,
+        "features are {width} wide, but the model reads {dim}-d vectors (or grids of them)"
+    );
+    let rows = rows.to_kind(Kind::Float);
+    Ok(if width == dim { rows } else { rows.view([n, width / dim, dim]).mean_dim(1, false, Kind::Float) })
+}
+
+/// Grid rows (B, L·D) → (B, L, D) Float, for the `decoder` that reads `cells` cells of `dim`.
+pub(crate) fn grid_features(rows: &Tensor, cells: i64, dim: i64, decoder: &str) -> Result<Tensor> {
+    let (n, width) = (rows.size()[0], rows.size()[1]);
+    ensure!(
+        width == cells * dim,
+        "features are {width} wide, but the {decoder} model reads grids of {cells} cells × {dim} \
+         (a features stage with `output: grid` and the backbone it was trained with)"
+    );
+    Ok(rows.to_kind(Kind::Float).view([n, cells, dim]))
+}
+
 /// A Dense layer initialised like PyTorch's `nn.Linear`: weights and bias U(±1/√fan_in).
 pub(crate) fn torch_linear(vs: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linear {
     let bound = 1.0 / (fan_in as f64).sqrt();
@@ -202,8 +224,34 @@ pub(crate) fn torch_linear(vs: nn::Path, fan_in: i64, fan_out: i64) -> nn::Linea
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use tch::Device;
+
+    /// Teacher forcing over inputs (B, T), one caption per image, and step-by-step decoding
+    /// from the start state give the same log-probabilities at every step. Returns the
+    /// teacher-forced pass's extra loss term.
+    pub(crate) fn assert_steps_match_teacher_forcing(
+        dec: &dyn CaptionDecoder,
+        features: &Tensor,
+        inputs: &Tensor,
+    ) -> Option<Tensor> {
+        let (batch, steps, vocab) = (inputs.size()[0], inputs.size()[1], dec.vocab_size());
+        let all = Tensor::arange(batch * steps, (Kind::Int64, Device::Cpu));
+        let rows: Vec<i64> = (0..batch).flat_map(|row| std::iter::repeat_n(row, steps as usize)).collect();
+        let image_of = Tensor::arange(batch, (Kind::Int64, Device::Cpu));
+        let (logits, extra) =
+            dec.target_logits(features, &image_of, inputs, &all, &Tensor::from_slice(&rows), false);
+        assert_eq!(logits.size(), [batch * steps, vocab]);
+        let full = logits.log_softmax(-1, Kind::Float).view([batch, steps, vocab]);
+        let mut state = dec.start(features);
+        for t in 0..steps {
+            let (lp, next) = dec.step(&inputs.select(1, t), &state);
+            assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
+            state = next;
+        }
+        extra
+    }
 
     #[test]
     fn merge_configs_stay_untagged_and_others_are_tagged() {

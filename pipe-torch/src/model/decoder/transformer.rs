@@ -20,7 +20,7 @@ use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::{torch_linear, CaptionDecoder, DecodeState, StepDecoder};
+use super::{grid_features, torch_linear, CaptionDecoder, DecodeState, StepDecoder};
 
 /// Transformer decoder hyper-parameters; saved in `model.json` (tagged `"decoder": "transformer"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,14 +265,7 @@ impl StepDecoder for TransformerDecoder {
 
     /// Grid rows (B, L·D) → (B, L, D) Float.
     fn features(&self, rows: &Tensor) -> Result<Tensor> {
-        let (n, width) = (rows.size()[0], rows.size()[1]);
-        let (cells, d) = (self.cfg.cells(), self.cfg.feature_dim);
-        ensure!(
-            width == cells * d,
-            "features are {width} wide, but the transformer reads grids of {cells} cells × {d} \
-             (a features stage with `output: grid` and the backbone it was trained with)"
-        );
-        Ok(rows.to_kind(Kind::Float).view([n, cells, d]))
+        grid_features(rows, self.cfg.cells(), self.cfg.feature_dim, "transformer")
     }
 
     /// State, per layer: the memory's cross keys and values (R, h, L, d/h) and the
@@ -388,22 +381,12 @@ pub(crate) mod tests {
         assert_eq!(feats.size(), [2, 4, 6]);
         assert!(dec.features(&Tensor::zeros([2, 23], (Kind::Float, Device::Cpu))).is_err());
         let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
-        let all = Tensor::arange(6, (Kind::Int64, Device::Cpu));
-        let rows_of = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
-        let image_of = Tensor::from_slice(&[0i64, 1]);
-        let (logits, penalty) = dec.target_logits(&feats, &image_of, &inputs, &all, &rows_of, false);
-        assert_eq!(logits.size(), [6, 11]);
-        assert!(penalty.is_none());
-        let full = logits.log_softmax(-1, Kind::Float).view([2, 3, 11]);
-        // The cache: step t attends over the t keys before it and its own, as the causal
-        // mask lets teacher forcing do.
-        let mut state = dec.start(&feats);
-        for t in 0..3 {
-            let (lp, next) = dec.step(&inputs.select(1, t), &state);
-            assert!(lp.allclose(&full.select(1, t), 1e-5, 1e-5, false), "step {t}");
-            assert_eq!(next.rows[2].size(), [2, 2, t + 1, 4]);
-            state = next;
-        }
+        assert!(super::super::tests::assert_steps_match_teacher_forcing(&dec, &feats, &inputs).is_none());
+        // The cache: each step adds one key per head.
+        let start = dec.start(&feats);
+        assert_eq!(start.rows[2].size(), [2, 2, 0, 4]);
+        let (_, next) = dec.step(&inputs.select(1, 0), &start);
+        assert_eq!(next.rows[2].size(), [2, 2, 1, 4]);
         let alpha = dec.attention(&feats, &inputs).unwrap();
         assert_eq!(alpha.size(), [2, 3, 4]);
         let sums = alpha.sum_dim_intlist(2, false, Kind::Float);
