@@ -284,16 +284,7 @@ pub(crate) mod tests {
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
         let dec = AttentionDecoder::new(&tiny(), vs.root());
-        let rows = Tensor::randn([2, 24], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
-        let feats = dec.features(&rows).unwrap();
-        assert_eq!(feats.size(), [2, 4, 6]);
-        assert!(dec.features(&Tensor::zeros([2, 23], (Kind::Float, Device::Cpu))).is_err());
-        let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
-        let penalty = super::super::tests::assert_steps_match_teacher_forcing(&dec, &feats, &inputs);
+        let (_, _, penalty) = super::super::tests::check_grid_decoder(&dec);
         assert_eq!(penalty.unwrap().size(), Vec::<i64>::new());
-        let alpha = dec.attention(&feats, &inputs).unwrap();
-        assert_eq!(alpha.size(), [2, 3, 4]);
-        let sums = alpha.sum_dim_intlist(2, false, Kind::Float);
-        assert!(sums.allclose(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
     }
 }

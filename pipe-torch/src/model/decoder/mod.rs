@@ -253,6 +253,24 @@ pub(crate) mod tests {
         extra
     }
 
+    /// For a decoder over grids of 4 cells of 6 values: features read Half rows as grids
+    /// and refuse a wrong width; steps match teacher forcing; the attention maps (one per
+    /// step, over the 4 cells) sum to 1. Returns the features, the inputs and the extra
+    /// loss term.
+    pub(crate) fn check_grid_decoder(dec: &dyn CaptionDecoder) -> (Tensor, Tensor, Option<Tensor>) {
+        let rows = Tensor::randn([2, 24], (Kind::Float, Device::Cpu)).to_kind(Kind::Half);
+        let feats = dec.features(&rows).unwrap();
+        assert_eq!(feats.size(), [2, 4, 6]);
+        assert!(dec.features(&Tensor::zeros([2, 23], (Kind::Float, Device::Cpu))).is_err());
+        let inputs = Tensor::from_slice(&[2i64, 4, 5, 2, 6, 7]).view([2, 3]);
+        let extra = assert_steps_match_teacher_forcing(dec, &feats, &inputs);
+        let alpha = dec.attention(&feats, &inputs).unwrap();
+        assert_eq!(alpha.size(), [2, 3, 4]);
+        let sums = alpha.sum_dim_intlist(2, false, Kind::Float);
+        assert!(sums.allclose(&Tensor::ones([2, 3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
+        (feats, inputs, extra)
+    }
+
     #[test]
     fn merge_configs_stay_untagged_and_others_are_tagged() {
         let merge = ModelConfig::Merge(merge::tests::tiny());
