@@ -320,6 +320,24 @@ fn runs_that_share_no_stage_run_at_the_same_time() {
     assert!(project.ok(&["-f", "solo.yaml", "run"]).contains("0 ran"));
 }
 
+/// A stage whose artifact another run is computing does not hold up the stages behind it
+/// in the queue: with `-j 2`, `other` runs and finishes while the run waits for `a`.
+#[test]
+fn a_stage_another_run_is_computing_does_not_stall_the_ready_stages() {
+    let project = chain();
+    let slow = spawn_sleeping(&project, &["run", "a"], 2500);
+    wait_for(|| !project.runs().is_empty());
+    let out = spawn_sleeping(&project, &["run", "-j", "2"], 0).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let line = |prefix: &str| text.lines().position(|l| l.trim_start().starts_with(prefix));
+    let (ran_other, cached_a) = (line("ran     other"), line("cached  a"));
+    assert!(line("waiting a").is_some(), "{text}");
+    assert!(ran_other.is_some() && cached_a.is_some() && ran_other < cached_a, "{text}");
+    assert!(slow.wait_with_output().unwrap().status.success());
+    assert_eq!(project.runs(), ["a", "b", "c"], "a ran once; the waiting run reused it");
+}
+
 /// The concurrency campaign's slice: `pipe gc` and `pipe verify --remove` started while a
 /// run is committing wait for it and delete nothing it made or needs.
 #[test]

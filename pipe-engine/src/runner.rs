@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -16,7 +16,7 @@ use crate::spec::{DepSource, Pipeline, StageSpec};
 use crate::stage::{Execution, LineageEntry, Shard, StageContext};
 use crate::store::{Committed, Manifest, Store};
 use crate::worker::run_in_worker;
-use crate::workspace::{RunLock, Workspace};
+use crate::workspace::{RunLock, Workspace, WorkspaceBusy};
 
 /// What `pipe status` reports for one stage.
 #[derive(Debug)]
@@ -81,6 +81,10 @@ struct RunState {
     done: HashMap<String, Done>,
     outcomes: Vec<StageOutcome>,
     failure: Option<anyhow::Error>,
+    /// Ready stages whose artifact another process is computing; retried as the run goes.
+    busy: Vec<String>,
+    /// Stages whose wait was announced.
+    announced: HashSet<String>,
 }
 
 impl RunState {
@@ -88,6 +92,8 @@ impl RunState {
         Self {
             pending: selected.clone(),
             selected,
+            busy: Vec::new(),
+            announced: HashSet::new(),
             running: HashSet::new(),
             done: HashMap::new(),
             outcomes: Vec::new(),
@@ -98,6 +104,19 @@ impl RunState {
 
 /// What a stage thread sends back when it ends.
 type Finished = (String, ResolvedInputs, Result<Committed>);
+
+/// How often a run retries stages whose artifact another process is computing.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
+
+/// What [`Runner::start_or_reuse`] did with a ready stage.
+enum Start<'a> {
+    /// It is stale: this job computes it.
+    Job(Box<Job<'a>>),
+    /// It was complete in the store (or the remote).
+    Reused,
+    /// Another process holds its artifact's lock: try again later.
+    Busy,
+}
 
 /// A stale stage, ready to run on its own thread.
 struct Job<'a> {
@@ -318,17 +337,37 @@ impl<'a> Runner<'a> {
             loop {
                 while state.failure.is_none() && state.running.len() < options.jobs.max(1) {
                     let Some(name) = self.next_ready(&mut state) else { break };
-                    if let Some(job) = self.start_or_reuse(&name, options, &mut state)? {
-                        let sender = sender.clone();
-                        scope.spawn(move || {
-                            let _ = sender.send(job.run());
-                        });
+                    match self.start_or_reuse(&name, options, &mut state)? {
+                        Start::Job(job) => {
+                            let sender = sender.clone();
+                            scope.spawn(move || {
+                                let _ = sender.send(job.run());
+                            });
+                        }
+                        Start::Reused => {}
+                        Start::Busy => state.busy.push(name),
                     }
                 }
+                // A stage another process is computing does not hold up the ready stages
+                // behind it: it goes back to the front of the queue and is retried while
+                // this run's own stages compute.
+                let waiting = !state.busy.is_empty() && state.failure.is_none();
+                state.pending.splice(0..0, std::mem::take(&mut state.busy));
                 if state.running.is_empty() {
-                    break;
+                    if !waiting {
+                        break;
+                    }
+                    std::thread::sleep(BUSY_RETRY);
+                    continue;
                 }
-                let finished = receiver.recv().expect("a running stage always reports");
+                let finished = if waiting {
+                    match receiver.recv_timeout(BUSY_RETRY) {
+                        Ok(finished) => finished,
+                        Err(_) => continue,
+                    }
+                } else {
+                    receiver.recv().expect("a running stage always reports")
+                };
                 self.finish(finished, options, &mut state)?;
             }
             Ok(())
@@ -349,34 +388,44 @@ impl<'a> Runner<'a> {
 
     /// Completes a stage from the store when its artifact exists (and the run is not
     /// forced); otherwise locks the artifact, prepares its output directory and returns
-    /// the job to run. A run that finds another computing the artifact waits for it and
-    /// reuses what it committed.
+    /// the job to run. When another process is computing the artifact, says so once and
+    /// returns [`Start::Busy`] (with `--no-wait`, fails): the run tries again later and
+    /// then reuses what the other committed.
     fn start_or_reuse(
         &mut self,
         name: &str,
         options: &RunOptions,
         state: &mut RunState,
-    ) -> Result<Option<Job<'a>>> {
+    ) -> Result<Start<'a>> {
         let stage = self.stage(name);
         let resolved = self.resolve_selected(stage, &state.done)?;
         let fingerprint = resolved.fingerprint.digest();
         if !options.force {
             if let Some(manifest) = self.intact_artifact(name, &fingerprint)? {
                 self.reuse(stage, &resolved, manifest, state)?;
-                return Ok(None);
+                return Ok(Start::Reused);
             }
         }
-        let entry_lock = self.store.lock_entry(&fingerprint, !options.no_wait, |holder| {
-            self.say(format!("  waiting {name:<12} (pid {holder} is computing it)"))
-        })?;
+        let entry_lock = match self.store.lock_entry(&fingerprint, false, |_| {}) {
+            Ok(lock) => lock,
+            Err(err) => match err.downcast_ref::<WorkspaceBusy>() {
+                Some(busy) if !options.no_wait => {
+                    if state.announced.insert(name.to_string()) {
+                        self.say(format!("  waiting {name:<12} (pid {} is computing it)", busy.holder));
+                    }
+                    return Ok(Start::Busy);
+                }
+                _ => return Err(err),
+            },
+        };
         if !options.force {
             if let Some(manifest) = self.intact_artifact(name, &fingerprint)? {
                 self.reuse(stage, &resolved, manifest, state)?;
-                return Ok(None);
+                return Ok(Start::Reused);
             }
             if let Some(manifest) = self.pull(name, &fingerprint, options)? {
                 self.reuse(stage, &resolved, manifest, state)?;
-                return Ok(None);
+                return Ok(Start::Reused);
             }
         }
         let why = if options.force {
@@ -389,14 +438,14 @@ impl<'a> Runner<'a> {
         self.pull_cache(stage, options)?;
         let context = self.context(stage, &resolved, &fingerprint, &state.done)?;
         state.running.insert(name.to_string());
-        Ok(Some(Job {
+        Ok(Start::Job(Box::new(Job {
             stage,
             resolved,
             fingerprint,
             context,
             store: self.store.clone(),
             _entry_lock: entry_lock,
-        }))
+        })))
     }
 
     /// The artifact fetched from the remote store, when `--pull` asks for it and the remote
