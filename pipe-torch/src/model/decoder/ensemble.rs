@@ -1,7 +1,8 @@
 //! Several trained decoders captioning as one: at every step of greedy or beam search each
 //! member scores the next word and their log-probabilities are averaged. Members may be
-//! different decoders (merge and attention) as long as they share the vocabulary; each
-//! reads the feature rows its own way (a merge member averages a grid's cells).
+//! different decoders (merge, cnn, attention, transformer) as long as they share the
+//! vocabulary; each reads the feature rows its own way (a merge or cnn member averages a
+//! grid's cells).
 
 use anyhow::{bail, ensure, Result};
 use tch::{Kind, Tensor};
