@@ -117,6 +117,11 @@ impl Remote {
         } else {
             bail!("`{url}`: a remote is s3://bucket/prefix or file:///path");
         };
+        Self::with_store(url, store, &prefix)
+    }
+
+    /// A remote over any object store (under `prefix`); `url` is what messages call it.
+    fn with_store(url: &str, store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -406,6 +411,111 @@ mod tests {
         let err = remote.pull(&third, "fp").unwrap_err().to_string();
         assert!(err.contains("fp/out/dir/b.txt") && err.contains("does not match its manifest"), "{err}");
         assert!(third.manifest("fp").is_none(), "nothing of a refused artifact is kept");
+    }
+
+    /// A store without conditional puts, as some S3-compatible servers are: a put with
+    /// `PutMode::Create` is NotImplemented; everything else goes to a folder.
+    #[derive(Debug)]
+    struct NoConditionalPuts(LocalFileSystem);
+
+    impl std::fmt::Display for NoConditionalPuts {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "NoConditionalPuts({})", self.0)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for NoConditionalPuts {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if matches!(opts.mode, PutMode::Create) {
+                return Err(object_store::Error::NotImplemented {
+                    operation: "put_opts with PutMode::Create".into(),
+                    implementer: "NoConditionalPuts".into(),
+                });
+            }
+            self.0.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Without conditional puts the manifest is checked for, then put: pushes (two at once,
+    /// too) succeed and leave one artifact that pulls and verifies clean.
+    #[test]
+    fn a_store_without_conditional_puts_gets_a_check_then_put() {
+        let tmp = tempfile::tempdir().unwrap();
+        let remote_dir = tmp.path().join("remote");
+        fs::create_dir_all(&remote_dir).unwrap();
+        let open = || {
+            let store = NoConditionalPuts(LocalFileSystem::new_with_prefix(&remote_dir).unwrap());
+            Remote::with_store("test://no-conditional-puts", Arc::new(store), "prefix").unwrap()
+        };
+        let here = Store::new(tmp.path().join("here"), Reporter::hidden());
+        artifact(&here, "fp");
+        artifact(&here, "fp2");
+        assert!(matches!(open().push(&here, "fp").unwrap(), Pushed::Uploaded { files: 2, .. }));
+        assert_eq!(open().push(&here, "fp").unwrap(), Pushed::AlreadyThere);
+        let pushes: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2).map(|_| scope.spawn(|| open().push(&here, "fp2"))).collect();
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(pushes.iter().any(|p| matches!(p, Pushed::Uploaded { .. })), "{pushes:?}");
+        for fingerprint in ["fp", "fp2"] {
+            let there = Store::new(tmp.path().join(format!("there-{fingerprint}")), Reporter::hidden());
+            let pulled = open().pull(&there, fingerprint).unwrap().unwrap().manifest;
+            assert_eq!(Some(pulled), here.manifest(fingerprint));
+            assert!(there.verify(fingerprint).is_empty());
+        }
     }
 
     #[test]
