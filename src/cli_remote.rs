@@ -68,7 +68,7 @@ pub fn pull(workspace: &Workspace, pipeline: &Pipeline, stages: &[String], repor
     let store = Store::new(workspace.store_dir(), reporter);
     let (mut pulled, mut local) = (0, 0);
     for (name, fingerprint) in recorded(workspace, pipeline, stages)? {
-        let _entry = store.lock_entry(&fingerprint, true, |_| {})?;
+        let _entry = store.lock_entry(&fingerprint, true)?;
         if store.manifest(&fingerprint).is_some() {
             local += 1;
         } else {

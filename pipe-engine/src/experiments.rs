@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::fsutil::write_atomic;
 use crate::lockfile::LockedStage;
 use crate::spec::Override;
-use crate::workspace::{take_lock, LockMode};
+use crate::workspace::edit_lock;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Experiment {
@@ -59,7 +59,6 @@ impl Experiment {
             .collect()
     }
 
-    /// Every artifact the experiment references.
     /// The same run of the same settings: everything but when it finished and how long
     /// it took.
     pub fn same_result(&self, other: &Experiment) -> bool {
@@ -67,6 +66,7 @@ impl Experiment {
             == (&other.pipeline, &other.params, &other.stages, &other.metrics)
     }
 
+    /// Every artifact the experiment references.
     pub fn fingerprints(&self) -> impl Iterator<Item = &str> {
         self.stages.values().map(|stage| stage.fingerprint.as_str())
     }
@@ -139,18 +139,12 @@ impl ExperimentLog {
         bail!("no experiment `{name}`; recorded: {}", names.join(", "))
     }
 
-    /// Adds a record: the whole log is rewritten to a temp file and renamed over the old
-    /// one (callers hold the workspace lock, so no two writers race).
     /// Adds `experiment`, unless the latest record of its name already says the same (a
-    /// rerun that changed nothing writes nothing). Concurrent runs take turns, so none is
-    /// lost. Returns whether it wrote.
+    /// rerun that changed nothing writes nothing). The whole log is rewritten to a temp
+    /// file and renamed over the old one; concurrent runs take turns under an edit lock,
+    /// so none is lost. Returns whether it wrote.
     pub fn append(&self, experiment: &Experiment) -> Result<bool> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut guard = self.path.clone().into_os_string();
-        guard.push(".edit");
-        let _turn = take_lock(Path::new(&guard), LockMode::Exclusive, true, |_| {})?;
+        let _turn = edit_lock(&self.path)?;
         let mut text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),

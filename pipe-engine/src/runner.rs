@@ -406,7 +406,7 @@ impl<'a> Runner<'a> {
                 return Ok(Start::Reused);
             }
         }
-        let entry_lock = match self.store.lock_entry(&fingerprint, false, |_| {}) {
+        let entry_lock = match self.store.lock_entry(&fingerprint, false) {
             Ok(lock) => lock,
             Err(err) => match err.downcast_ref::<WorkspaceBusy>() {
                 Some(busy) if !options.no_wait => {

@@ -100,14 +100,14 @@ impl Store {
     /// Locks one artifact for computing, so that two runs wanting it do not both compute
     /// it: the second waits (or, without `wait`, fails with [`crate::workspace::WorkspaceBusy`]) and then
     /// finds it committed. Hold it from [`Self::begin`] through [`Self::commit`].
-    pub fn lock_entry(&self, fingerprint: &str, wait: bool, on_wait: impl FnOnce(&str)) -> Result<RunLock> {
+    pub fn lock_entry(&self, fingerprint: &str, wait: bool) -> Result<RunLock> {
         let dir = self.root.join(".locks");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(RunLock::from(take_lock(
             &dir.join(format!("{fingerprint}.lock")),
             LockMode::Exclusive,
             wait,
-            on_wait,
+            |_| {},
         )?))
     }
 

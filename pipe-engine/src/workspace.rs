@@ -157,12 +157,19 @@ impl Workspace {
     /// Serializes edits of this pipeline's lock file between concurrent runs: each
     /// rereads the file under it and adds its own stages, so none is lost.
     pub fn lock_file_guard(&self) -> Result<RunLock> {
-        fs::create_dir_all(self.state_dir())
-            .with_context(|| format!("creating {}", self.state_dir().display()))?;
-        let name = self.lock_file_path().file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let path = self.state_dir().join(format!("{name}.edit"));
-        Ok(RunLock { _file: take_lock(&path, LockMode::Exclusive, true, |_| {})? })
+        let name = self.lock_file_path().file_name().unwrap_or_default().to_os_string();
+        edit_lock(&self.state_dir().join(name))
     }
+}
+
+/// Waits for and takes the lock under which one process at a time rewrites `file`
+/// (`FILE.edit` beside it; the directory is created if need be).
+pub(crate) fn edit_lock(file: &Path) -> Result<RunLock> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".edit");
+    Ok(RunLock { _file: take_lock(&dir.join(name), LockMode::Exclusive, true, |_| {})? })
 }
 
 /// How a lock is held.

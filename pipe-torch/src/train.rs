@@ -171,28 +171,20 @@ fn model_config(
             max_len,
             pad_id,
         }),
-        Decoder::Attention | Decoder::Transformer => {
-            let Some(grid) = features.grid else {
-                bail!(
-                    "`decoder: {}` needs grid features: set `output: grid` on the features stage \
-                     (with a backbone exported by `scripts/export_backbone.py --output grid`)",
-                    serde_json::to_value(params.decoder)?.as_str().unwrap_or_default()
-                );
-            };
-            if params.decoder == Decoder::Transformer {
-                return Ok(ModelConfig::Transformer(TransformerConfig {
-                    vocab_size,
-                    feature_dim: features.dim(),
-                    grid: grid.map(|n| n as i64),
-                    embed: params.embed,
-                    width: params.hidden,
-                    heads: params.heads.unwrap_or(DEFAULT_HEADS),
-                    layers: params.layers.unwrap_or(DEFAULT_LAYERS),
-                    dropout: params.dropout,
-                    max_len,
-                    pad_id,
-                }));
-            }
+        Decoder::Transformer => ModelConfig::Transformer(TransformerConfig {
+            vocab_size,
+            feature_dim: features.dim(),
+            grid: grid_shape(params.decoder, features)?,
+            embed: params.embed,
+            width: params.hidden,
+            heads: params.heads.unwrap_or(DEFAULT_HEADS),
+            layers: params.layers.unwrap_or(DEFAULT_LAYERS),
+            dropout: params.dropout,
+            max_len,
+            pad_id,
+        }),
+        Decoder::Attention => {
+            grid_shape(params.decoder, features)?;
             ModelConfig::Attention(AttentionConfig {
                 vocab_size,
                 feature_dim: features.dim(),
@@ -207,6 +199,19 @@ fn model_config(
             })
         }
     })
+}
+
+/// The grid (rows, columns) of the features a grid decoder reads; an error that says how
+/// to get one when they are pooled.
+fn grid_shape(decoder: Decoder, features: &FeatureTable) -> Result<[i64; 2]> {
+    let Some(grid) = features.grid else {
+        bail!(
+            "`decoder: {}` needs grid features: set `output: grid` on the features stage \
+             (with a backbone exported by `scripts/export_backbone.py --output grid`)",
+            serde_json::to_value(decoder)?.as_str().unwrap_or_default()
+        );
+    };
+    Ok(grid.map(i64::from))
 }
 
 /// Copies pretrained vectors into the embedding; frozen ones get no gradient (Adam skips them).

@@ -3,7 +3,8 @@
 //! Requests wait in a bounded queue (full: the caller answers 503). One task takes them
 //! off: it takes every request already waiting (and, with a batching window, waits that
 //! long for more), groups what it has by model and decoding, and sends each group to the
-//! worker as one batch (one backbone pass, one beam search). If the worker dies, the batch in flight fails and a new worker is started.
+//! worker as one batch (one backbone pass, one beam search). If the worker dies, the batch
+//! in flight fails and a new worker is started.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
