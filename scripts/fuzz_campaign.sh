@@ -5,12 +5,34 @@
 # coverage-guided). A failure's shrunk input is kept under fuzz/<target>/, where the test
 # suite replays it. Prints the cases run per target.
 #   usage: scripts/fuzz_campaign.sh [SECONDS=600] [TARGET]
+# JOBS=N (default 1) fuzzes N targets at a time, each in its own test process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
+jobs=${JOBS:-1}
 export PIPE_FUZZ_SECONDS=$seconds PIPE_FUZZ_CASES=2000 PIPE_FUZZ_SAVE=1
-[ -n "${2:-}" ] && export PIPE_FUZZ_TARGET=$2
-cargo test --release --test fuzz -- --nocapture 2>&1 | grep -E '^fuzz |test result|Test failed|kept the failing'
-if [ -z "${2:-}" ] || [ "$2" = backbone-json ]; then
-  cargo test --release -p pipe-torch --test fuzz_backbone -- --nocapture 2>&1 | grep -E '^fuzz |test result|Test failed|kept the failing'
-fi
+targets="flickr8k flickr30k csv coco karpathy detect pipeline-yaml overrides lock-file vocab-json image-header backbone-json"
+[ -n "${2:-}" ] && targets=$2
+
+# Build both test binaries first; then each target runs as its own process.
+binary() { # PACKAGE_ARGS... -> the test executable's path
+  cargo test --release "$@" --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1
+}
+parsers=$(binary --test fuzz)
+backbone=$(binary -p pipe-torch --test fuzz_backbone)
+[ -x "$parsers" ] && [ -x "$backbone" ] || { echo "building the fuzz tests failed" >&2; exit 1; }
+
+fuzz_one() { # TARGET
+  local exe=$parsers
+  [ "$1" = backbone-json ] && exe=$backbone
+  PIPE_FUZZ_TARGET=$1 "$exe" --nocapture 2>&1 | grep -E '^fuzz |test result|Test failed|kept the failing|panicked' || true
+}
+export -f fuzz_one
+export parsers backbone
+log=$(mktemp)
+printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'fuzz_one {}' | tee "$log"
+! grep -qE 'test result: FAILED|panicked' "$log"

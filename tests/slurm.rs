@@ -111,21 +111,37 @@ fn shard_line(submission: &Path, stage: &str, index: usize) -> String {
     log.lines().find(|line| line.contains("distinct images:")).unwrap_or_default().to_string()
 }
 
+/// Appends an archive-mode `caption` stage over the synthetic images (160 at the test's
+/// size: 5 chunks of 32, so 4 shards get 1, 1, 1 and 2 chunks).
+fn add_archive_caption_stage(root: &Path) {
+    let mut pipeline = fs::read_to_string(root.join("pipeline.yaml")).unwrap();
+    pipeline.push_str(
+        "\n  caption_archive:\n    kind: caption\n    deps: {model: train, vocab: tokenize/vocab.json, \
+         backbone: data/models/efficientnet_lite0, images: synth/images}\n    params: {folder: \
+         data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}\n",
+    );
+    fs::write(root.join("pipeline.yaml"), pipeline).unwrap();
+}
+
 #[test]
 fn slurm_runs_the_pipeline_as_jobs_and_a_cancelled_shard_is_all_a_rerun_computes() {
     let Some(cluster) = Cluster::start() else { return };
 
-    // The whole default pipeline, features in 4 array tasks, against a local run.
-    let local = project();
+    // The whole default pipeline plus archive captioning of its images, features and the
+    // archive in 4 array tasks each, against a local run.
+    let (local, remote) = (project(), project());
+    for root in [local.path(), remote.path()] {
+        add_archive_caption_stage(root);
+    }
     let mut args = vec!["run"];
     args.extend(SIZE);
     ok(Command::new(env!("CARGO_BIN_EXE_pipe")).args(&args).current_dir(local.path()).output().unwrap());
-    let remote = project();
     let mut args = vec!["run", "--executor", "slurm", "--shards", "4"];
     args.extend(SIZE);
     let log = ok(cluster.pipe(remote.path(), &args).output().unwrap());
     assert!(log.contains("queued  features shards 0-3 (job array"), "{log}");
-    assert!(log.contains("8 stages: 0 ran, 8 cached"), "the submitting run finds every job's work:\n{log}");
+    assert!(log.contains("queued  caption_archive shards 0-3 (job array"), "{log}");
+    assert!(log.contains("9 stages: 0 ran, 9 cached"), "the submitting run finds every job's work:\n{log}");
     assert_eq!(output_hashes(remote.path()), output_hashes(local.path()), "byte-identical to the local run");
     assert_eq!(lock_without_timings(remote.path()), lock_without_timings(local.path()));
     let submission = latest_submission(remote.path()).unwrap();
@@ -135,6 +151,15 @@ fn slurm_runs_the_pipeline_as_jobs_and_a_cancelled_shard_is_all_a_rerun_computes
     }
     let merge = fs::read_to_string(submission.join("features.log")).unwrap();
     assert!(merge.contains("0 computed, 160 reused from cache"), "{merge}");
+    for (index, parts) in [1, 1, 1, 2].into_iter().enumerate() {
+        let log = fs::read_to_string(submission.join(format!("caption_archive.shard-{index}.log"))).unwrap();
+        assert!(log.contains(&format!("shard {index}/4: {parts} parts computed, 0 found done")), "{log}");
+    }
+    let merge = fs::read_to_string(submission.join("caption_archive.log")).unwrap();
+    assert!(
+        merge.contains("160 captioned, 0 skipped, 5 parts resumed"),
+        "the merge computes nothing:\n{merge}"
+    );
     let status = ok(cluster.pipe(remote.path(), &["status"]).output().unwrap());
     assert!(status.contains("features shards 0-3 (job array") && status.contains("4 done"), "{status}");
 
