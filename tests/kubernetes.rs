@@ -1,15 +1,16 @@
 //! `pipe export k8s` (issue 14): the Jobs it writes match a golden file, and the commands
 //! in them, run as the pods would (each in a fresh copy of the project, its index in
 //! `JOB_COMPLETION_INDEX`, sharing only a remote store), produce the artifact a single
-//! machine does. No cluster is needed (nor can one be had here: even `kubectl apply
-//! --dry-run=client` asks an API server to map the kinds).
+//! machine does; where kubectl is installed, it accepts the Jobs. No cluster is needed
+//! (nor can one be had here: `kubectl apply --dry-run=client` asks an API server to map
+//! the kinds, so the test serves API discovery itself).
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::{project, repo};
+use common::{project, repo, which};
 
 const SIZE: &[&str] = &["-S", "synth.images=120", "-S", "synth.size=64"];
 
@@ -58,6 +59,91 @@ fn the_exported_jobs_match_the_golden_file() {
         &["export", "k8s", "train", "--shards", "2", "--image", "x", "--remote", "s3://b/p"],
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be split into shards"));
+}
+
+/// kubectl, where installed, accepts the golden Jobs: it decodes them into its typed
+/// batch/v1 Job (a mistyped field fails, as the mutated copy shows), and `kubectl apply
+/// --dry-run=client` maps and creates them against a discovery-only API endpoint served
+/// here (there is no cluster; `--validate=false`, since schema validation would need the
+/// server's OpenAPI document).
+#[test]
+fn kubectl_accepts_the_exported_jobs() {
+    let Some(kubectl) = which(&["kubectl"]) else {
+        eprintln!("SKIPPED: kubectl is not installed; the golden-file test still checks the Jobs");
+        return;
+    };
+    let golden = repo().join("tests/fixtures/k8s/features-4.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = |args: &[&str]| {
+        Command::new(&kubectl).args(args).env("KUBECONFIG", dir.path().join("kubeconfig")).output().unwrap()
+    };
+    let typed = ok(kubectl(&["set", "env", "--local", "-o", "name", "-f", golden.to_str().unwrap(), "X=1"]));
+    assert_eq!(
+        typed.lines().collect::<Vec<_>>(),
+        ["job.batch/pipe-features-shards", "job.batch/pipe-features"]
+    );
+    let mistyped = dir.path().join("mistyped.yaml");
+    let yaml = fs::read_to_string(&golden).unwrap();
+    assert!(yaml.contains("completions: 4"));
+    fs::write(&mistyped, yaml.replacen("completions: 4", "completions: four", 1)).unwrap();
+    let refused = kubectl(&["set", "env", "--local", "-o", "name", "-f", mistyped.to_str().unwrap(), "X=1"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("completions"));
+
+    let port = serve_discovery();
+    fs::write(
+        dir.path().join("kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u, namespace: ns}}}}]\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    let applied =
+        ok(kubectl(&["apply", "--dry-run=client", "--validate=false", "-f", golden.to_str().unwrap()]));
+    assert!(applied.contains("job.batch/pipe-features-shards created (dry run)"), "{applied}");
+    assert!(applied.contains("job.batch/pipe-features created (dry run)"), "{applied}");
+}
+
+/// A local HTTP endpoint that answers Kubernetes API discovery (the core group and
+/// batch/v1 with its `jobs`) and 404 to everything else, as an empty cluster would for a
+/// Job that does not exist. Returns its port; serves until the test process ends.
+fn serve_discovery() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).map_or(true, |n| n == 0) || header == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").split('?').next().unwrap_or("");
+            let body = match path {
+                "/api" => r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[]}"#,
+                "/api/v1" => r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[]}"#,
+                "/apis" => {
+                    r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[{"name":"batch","versions":[{"groupVersion":"batch/v1","version":"v1"}],"preferredVersion":{"groupVersion":"batch/v1","version":"v1"}}]}"#
+                }
+                "/apis/batch/v1" => {
+                    r#"{"kind":"APIResourceList","groupVersion":"batch/v1","resources":[{"name":"jobs","singularName":"job","namespaced":true,"kind":"Job","verbs":["create","get","list","patch","delete"]}]}"#
+                }
+                _ => "",
+            };
+            let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
 }
 
 /// Each Job's container args, from the exported YAML.
