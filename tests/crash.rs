@@ -21,19 +21,11 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 mod common;
-use common::{alive, lock_without_timings, output_hashes, project_at};
+use common::{add_archive_caption_stage, alive, lock_without_timings, output_hashes, project_at};
 
 /// Small enough that one run takes seconds, large enough that every stage takes a while.
 const SIZE: &[&str] =
     &["-S", "synth.images=160", "-S", "synth.size=64", "-S", "train.epochs=3", "-S", "caption.beam_width=3"];
-
-/// The synthetic images captioned again as an archive folder: five parts of 32.
-const ARCHIVE_STAGE: &str = "
-  caption_archive:
-    kind: caption
-    deps: {model: train, vocab: tokenize/vocab.json, backbone: data/models/efficientnet_lite0, images: synth/images}
-    params: {folder: data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}
-";
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -48,9 +40,7 @@ impl Workspace {
     fn new(root: PathBuf) -> Self {
         project_at(&root);
         // Archive-mode captioning too, in small chunks, so kills land among its part writes.
-        let mut pipeline = fs::read_to_string(root.join("pipeline.yaml")).unwrap();
-        pipeline.push_str(ARCHIVE_STAGE);
-        fs::write(root.join("pipeline.yaml"), pipeline).unwrap();
+        add_archive_caption_stage(&root);
         Self { root }
     }
 

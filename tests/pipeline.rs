@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{alive, chromium, lock_without_timings, output_hashes, pipe, project, repo, worker_of};
+use common::{
+    add_archive_caption_stage, alive, chromium, lock_without_timings, output_hashes, pipe, project, repo,
+    worker_of,
+};
 
 /// Smaller than the default so the suite stays inside the CI budget on 2 cores.
 const REDUCED: &[&str] = &["-S", "synth.images=400", "-S", "train.epochs=12", "-S", "caption.beam_width=3"];
@@ -379,17 +382,10 @@ fn flickr8k_pipeline_runs_on_the_official_layout() {
 /// run only merges, and the result is byte-identical to one machine's run.
 #[test]
 fn archive_captioning_in_shards_merges_to_the_same_bytes() {
-    const ARCHIVE: &str = "
-  caption_archive:
-    kind: caption
-    deps: {model: train, vocab: tokenize/vocab.json, backbone: data/models/efficientnet_lite0, images: synth/images}
-    params: {folder: data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}
-";
     let size = ["-S", "synth.images=160", "-S", "synth.size=64", "-S", "train.epochs=2"];
     let (whole, sharded) = (project(), project());
     for dir in [&whole, &sharded] {
-        let file = dir.path().join("pipeline.yaml");
-        fs::write(&file, fs::read_to_string(&file).unwrap() + ARCHIVE).unwrap();
+        add_archive_caption_stage(dir.path());
     }
     pipe(whole.path(), &[&["run", "caption_archive"][..], &size].concat());
 

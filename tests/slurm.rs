@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{lock_without_timings, output_hashes, project, repo, which};
+use common::{add_archive_caption_stage, lock_without_timings, output_hashes, project, repo, which};
 
 /// The reduced default pipeline of the crash campaign: seconds per stage.
 const SIZE: &[&str] =
@@ -111,24 +111,13 @@ fn shard_line(submission: &Path, stage: &str, index: usize) -> String {
     log.lines().find(|line| line.contains("distinct images:")).unwrap_or_default().to_string()
 }
 
-/// Appends an archive-mode `caption` stage over the synthetic images (160 at the test's
-/// size: 5 chunks of 32, so 4 shards get 1, 1, 1 and 2 chunks).
-fn add_archive_caption_stage(root: &Path) {
-    let mut pipeline = fs::read_to_string(root.join("pipeline.yaml")).unwrap();
-    pipeline.push_str(
-        "\n  caption_archive:\n    kind: caption\n    deps: {model: train, vocab: tokenize/vocab.json, \
-         backbone: data/models/efficientnet_lite0, images: synth/images}\n    params: {folder: \
-         data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}\n",
-    );
-    fs::write(root.join("pipeline.yaml"), pipeline).unwrap();
-}
-
 #[test]
 fn slurm_runs_the_pipeline_as_jobs_and_a_cancelled_shard_is_all_a_rerun_computes() {
     let Some(cluster) = Cluster::start() else { return };
 
-    // The whole default pipeline plus archive captioning of its images, features and the
-    // archive in 4 array tasks each, against a local run.
+    // The whole default pipeline plus archive captioning of its images (5 chunks: the 4
+    // shards get 1, 1, 1 and 2), features and the archive in 4 array tasks each, against a
+    // local run.
     let (local, remote) = (project(), project());
     for root in [local.path(), remote.path()] {
         add_archive_caption_stage(root);

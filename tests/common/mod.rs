@@ -34,6 +34,19 @@ pub fn project_at(root: &Path) {
     std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
 }
 
+/// Appends to a project's pipeline.yaml an archive-mode `caption` stage over the synthetic
+/// images, in chunks of 32 (the 160 images of the reduced tests: five part files).
+pub fn add_archive_caption_stage(root: &Path) {
+    const STAGE: &str = "
+  caption_archive:
+    kind: caption
+    deps: {model: train, vocab: tokenize/vocab.json, backbone: data/models/efficientnet_lite0, images: synth/images}
+    params: {folder: data/out/synth/images, chunk_size: 32, beam_width: 3, device: cpu}
+";
+    let file = root.join("pipeline.yaml");
+    fs::write(&file, fs::read_to_string(&file).unwrap() + STAGE).unwrap();
+}
+
 /// Every file below a project's `data/out` (following the views' links), by relative path,
 /// with its blake3 hash: what "the same outputs" means in the determinism tests.
 pub fn output_hashes(root: &Path) -> std::collections::BTreeMap<String, String> {
