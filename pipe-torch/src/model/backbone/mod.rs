@@ -127,8 +127,15 @@ impl Backbone {
         tch::no_grad(|| {
             let n = input.size()[0];
             let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
+            // With more than one thread, oneDNN shares a lone image's convolutions among the
+            // threads differently from any batch's, and its features differ in the last bit
+            // from the same image's in a batch (seen on an AVX-512 EPYC, with or without the
+            // ISA pinned to AVX2). Run it as a pair, so that a shard's or `pipe caption`'s
+            // single image gets the bytes a whole run gives it.
+            let lone = n == 1 && self.device == Device::Cpu && tch::get_num_threads() > 1;
+            let x = if lone { Tensor::cat(&[&x, &x], 0) } else { x };
             let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
-            let y = self.rows(y, n)?;
+            let y = if lone { self.rows(y, 2)?.narrow(0, 0, 1) } else { self.rows(y, n)? };
             Ok(y.to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
         })
     }
@@ -316,6 +323,20 @@ mod tests {
         for n in [1i64, 3] {
             let x = Tensor::randn([n, 3, 224, 224], (Kind::Float, Device::Cpu));
             assert_eq!(bb.forward(&x).unwrap().size(), [n, 1280]);
+        }
+    }
+
+    /// What makes a shard of one image, or `pipe caption` of one photo, give the bytes a
+    /// whole run gives: an image's features do not depend on the size of its batch.
+    #[test]
+    fn an_image_gets_the_same_bits_alone_and_in_any_batch() {
+        let bb = lite0();
+        // Channels-last strides, as `forward_pixels` hands batches over.
+        let x = Tensor::rand([5, 224, 224, 3], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]);
+        let whole = Vec::<f32>::try_from(bb.forward(&x).unwrap().get(0)).unwrap();
+        for n in [1, 2, 3] {
+            let part = Vec::<f32>::try_from(bb.forward(&x.narrow(0, 0, n)).unwrap().get(0)).unwrap();
+            assert!(part == whole, "image 0 in a batch of {n} differs from its features in a batch of 5");
         }
     }
 
