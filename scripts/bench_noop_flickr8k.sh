@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# No-op `pipe run` of pipelines/flickr8k.yaml against a no-op `dvc repro` of a six-stage
+# No-op `pipe run` of pipelines/flickr8k-merge.yaml against a no-op `dvc repro` of a six-stage
 # dvc.yaml over the same image folder (issue 15), side by side in one run: median and
 # minimum wall time over repeated runs, and the stat calls each makes (strace -c).
 # Asserts nothing.
 #   usage: scripts/bench_noop_flickr8k.sh WORKSPACE [RUNS=20]
 # WORKSPACE holds data/flickr8k (the official layout) and has run
-#   pipe -f pipelines/flickr8k.yaml run $PIPE_ARGS
+#   pipe -f pipelines/flickr8k-merge.yaml run $PIPE_ARGS
 # once, so that the timed runs are no-ops. PIPE_ARGS (default `-S params.split=dev
 # -S train.epochs=1`) must match that run. BASELINE=/path/to/an/older/pipe adds that
 # build, in a hard-linked copy of the workspace (it reruns what its kinds' versions say
@@ -29,8 +29,8 @@ stats() { (cd "$1" && shift && strace -f -c -o /tmp/strace.txt -e trace=statx,ne
 
 files=$(find "$work/data/flickr8k/images/" -type f | wc -l)
 echo "no-op runs over $files images in $work/data/flickr8k/images ($(nproc) cores)"
-"$pipe" -C "$work" -f pipelines/flickr8k.yaml run "${args[@]}" >/dev/null 2>&1
-echo "pipe:     $(median "$runs" "$work" "$pipe" -f pipelines/flickr8k.yaml run "${args[@]}"); $(stats "$work" "$pipe" -f pipelines/flickr8k.yaml run "${args[@]}")"
+"$pipe" -C "$work" -f pipelines/flickr8k-merge.yaml run "${args[@]}" >/dev/null 2>&1
+echo "pipe:     $(median "$runs" "$work" "$pipe" -f pipelines/flickr8k-merge.yaml run "${args[@]}"); $(stats "$work" "$pipe" -f pipelines/flickr8k-merge.yaml run "${args[@]}")"
 
 if [ -n "${BASELINE:-}" ]; then
   old=$work.baseline
@@ -38,8 +38,8 @@ if [ -n "${BASELINE:-}" ]; then
     mkdir -p "$old" && cp -al "$work/data" "$old/" && cp -r "$work/pipelines" "$old/"
     rm -rf "$old/data/.pipe" "$old/data/out"
   fi
-  "$BASELINE" -C "$old" -f pipelines/flickr8k.yaml run "${args[@]}" >/dev/null 2>&1
-  echo "before:   $(median "$runs" "$old" "$BASELINE" -f pipelines/flickr8k.yaml run "${args[@]}"); $(stats "$old" "$BASELINE" -f pipelines/flickr8k.yaml run "${args[@]}")"
+  "$BASELINE" -C "$old" -f pipelines/flickr8k-merge.yaml run "${args[@]}" >/dev/null 2>&1
+  echo "before:   $(median "$runs" "$old" "$BASELINE" -f pipelines/flickr8k-merge.yaml run "${args[@]}"); $(stats "$old" "$BASELINE" -f pipelines/flickr8k-merge.yaml run "${args[@]}")"
 fi
 
 [ -x "$venv/bin/dvc" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q dvc; }
@@ -48,7 +48,7 @@ if [ ! -d "$proj/.dvc" ]; then
   mkdir -p "$proj" && cd "$proj"
   ln -sfn "$work/data/flickr8k" flickr8k
   "$venv/bin/dvc" init --no-scm -q
-  # The shape of pipelines/flickr8k.yaml: three stages read the image folder.
+  # The shape of pipelines/flickr8k-merge.yaml: three stages read the image folder.
   cat > dvc.yaml <<'YAML'
 stages:
   ingest:

@@ -6,9 +6,9 @@ search on pipe's weights gives pipe's captions, the two beams are the same and a
 is in the trained weights.
 
     FLICKR8K_DIR=../shared/flickr8k .venv/bin/python scripts/cross_decode_peer.py \
-        --run data/out/flickr8k --peer ../shared/peers/torch_merge
+        --run data/out/flickr8k-merge --peer ../shared/peers/torch_merge
 
-`--run` is a `pipe -f pipelines/flickr8k.yaml run -S params.split=dev` output folder
+`--run` is a `pipe -f pipelines/flickr8k-merge.yaml run -S params.split=dev` output folder
 (train/, tokenize/, features/ and caption/ inside). Needs java for the PTB tokenizer.
 """
 import argparse
@@ -47,7 +47,7 @@ def load_safetensors(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="data/out/flickr8k", help="pipe's output folder of the Flickr8k pipeline")
+    ap.add_argument("--run", default="data/out/flickr8k-merge", help="pipe's output folder of the Flickr8k merge pipeline")
     ap.add_argument("--peer", default="../shared/peers/torch_merge", help="the peer's source folder")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--max-words", type=int, default=34, help="the peer's step limit")

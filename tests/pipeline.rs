@@ -337,14 +337,21 @@ fn killing_pipe_mid_stage_kills_its_worker_and_the_next_run_completes() {
     assert_eq!(summary["count"], 300, "{summary}");
 }
 
-/// pipelines/flickr8k.yaml, as the README tells users to run it, on a miniature data set in
-/// the official Flickr8k layout (the `synth` kind writes exactly that layout).
+/// The Flickr8k pipelines, as the README tells users to run them, on a miniature data set
+/// in the official Flickr8k layout (the `synth` kind writes exactly that layout): first
+/// pipelines/flickr8k.yaml (attention over the grid, then scst), then the peer-comparable
+/// pipelines/flickr8k-merge.yaml, which finds ingest and tokenize in the store.
 #[test]
-fn flickr8k_pipeline_runs_on_the_official_layout() {
+fn flickr8k_pipelines_run_on_the_official_layout() {
     let dir = project();
     let root = dir.path();
+    let grid = repo().join("data/models/efficientnet_lite0_grid");
+    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
+    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
     fs::create_dir_all(root.join("pipelines")).unwrap();
-    fs::copy(repo().join("pipelines/flickr8k.yaml"), root.join("pipelines/flickr8k.yaml")).unwrap();
+    for file in ["pipelines/flickr8k.yaml", "pipelines/flickr8k-merge.yaml"] {
+        fs::copy(repo().join(file), root.join(file)).unwrap();
+    }
     fs::write(
         root.join("make_data.yaml"),
         "stages:\n  synth:\n    kind: synth\n    params: {images: 150, size: 64, seed: 3}\n",
@@ -352,29 +359,37 @@ fn flickr8k_pipeline_runs_on_the_official_layout() {
     .unwrap();
     pipe(root, &["-f", "make_data.yaml", "run"]);
     copy_tree(&root.join("data/out/make_data/synth"), &root.join("data/flickr8k"));
-
-    let small = ["-S", "params.split=dev", "-S", "train.epochs=2", "-S", "caption.beam_width=2"];
-    let mut args = vec!["-f", "pipelines/flickr8k.yaml", "run"];
-    args.extend_from_slice(&small);
-    let first = pipe(root, &args);
-    assert_eq!(ran_stages(&first).len(), 9, "{first}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join("data/out/flickr8k/score/metrics.json")).unwrap())
-            .unwrap();
-    assert_eq!(metrics["split"], "dev", "{metrics}");
-    assert!(metrics["bleu_4"].as_f64().is_some(), "{metrics}");
-
-    // The README's maintenance commands on this workspace.
     let hashed = pipe(root, &["hash", "data/flickr8k"]);
     assert!(hashed.contains("data/flickr8k"), "{hashed}");
-    let dry = pipe(root, &["-f", "pipelines/flickr8k.yaml", "gc", "--dry-run"]);
-    let status = pipe(root, &["-f", "pipelines/flickr8k.yaml", "status", "-S", "params.split=dev"]);
-    assert!(!status.contains("never run"), "{status}");
-    let again = pipe(root, &args);
-    assert!(
-        again.contains("9 stages: 0 ran, 9 cached"),
-        "gc --dry-run must not remove anything: {dry}\n{again}"
-    );
+
+    let small = ["-S", "params.split=dev", "-S", "train.epochs=2", "-S", "caption.beam_width=2"];
+    // (file stem, its extra args, its stages, the stages its first run finds in the store)
+    let runs = [
+        ("flickr8k", &["-S", "scst.epochs=1"][..], 8, &[][..]),
+        ("flickr8k-merge", &[][..], 9, &["ingest", "tokenize"][..]),
+    ];
+    for (name, extra, stages, reused) in runs {
+        let file = format!("pipelines/{name}.yaml");
+        let args = [&["-f", file.as_str(), "run"][..], &small, extra].concat();
+        let first = pipe(root, &args);
+        let ran = ran_stages(&first);
+        assert_eq!(ran.len(), stages - reused.len(), "{file}:\n{first}");
+        assert!(reused.iter().all(|stage| !ran.contains(&stage.to_string())), "{file}:\n{first}");
+        let metrics = root.join(format!("data/out/{name}/score/metrics.json"));
+        let metrics: serde_json::Value = serde_json::from_str(&fs::read_to_string(metrics).unwrap()).unwrap();
+        assert_eq!(metrics["split"], "dev", "{metrics}");
+        assert!(metrics["bleu_4"].as_f64().is_some(), "{metrics}");
+
+        // The README's maintenance commands on this workspace.
+        let dry = pipe(root, &["-f", &file, "gc", "--dry-run"]);
+        let status = pipe(root, &["-f", &file, "status", "-S", "params.split=dev"]);
+        assert!(!status.contains("never run"), "{status}");
+        let again = pipe(root, &args);
+        assert!(
+            again.contains(&format!("{stages} stages: 0 ran, {stages} cached")),
+            "gc --dry-run must not remove anything: {dry}\n{again}"
+        );
+    }
 }
 
 /// Archive-mode captioning split into shards (`pipe shard`, what a cluster's array tasks
