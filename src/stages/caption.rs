@@ -52,7 +52,9 @@ pub struct CaptionParams {
     pub chunk_size: usize,
     /// Images decoded together (each is `beam_width` LSTM rows).
     pub batch_size: usize,
-    /// Archive mode: images per backbone forward pass.
+    /// Archive mode: images per backbone forward pass. 16 by default: on a 2-core CPU it
+    /// halves peak memory against 32 (0.54 against 0.92 GiB at 20,000 images) for 1–3% of
+    /// throughput (docs/BENCHMARKS.md, "Session 12"); a GPU wants more.
     pub backbone_batch: usize,
     pub device: DeviceChoice,
     /// Split mode, attention models: also write `attention.json`, where the model looked
@@ -73,7 +75,7 @@ impl Default for CaptionParams {
             block_repeats: 0,
             chunk_size: 1024,
             batch_size: 512,
-            backbone_batch: 32,
+            backbone_batch: 16,
             device: DeviceChoice::Auto,
             attention_maps: false,
         }
