@@ -7,8 +7,8 @@ use std::process::Command;
 
 mod common;
 use common::{
-    add_archive_caption_stage, alive, chromium, lock_without_timings, output_hashes, pipe, project, repo,
-    worker_of,
+    add_archive_caption_stage, alive, chromium, link_grid_backbone, lock_without_timings, output_hashes,
+    pipe, project, repo, worker_of,
 };
 
 /// Smaller than the default so the suite stays inside the CI budget on 2 cores.
@@ -139,9 +139,7 @@ fn the_same_fingerprints_hold_the_same_bytes_in_every_workspace() {
 fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_downstream() {
     let dir = project();
     let root = dir.path();
-    let grid = repo().join("data/models/efficientnet_lite0_grid");
-    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
-    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
+    link_grid_backbone(root);
     fs::create_dir_all(root.join("pipelines")).unwrap();
     let small = [
         "-S",
@@ -345,9 +343,7 @@ fn killing_pipe_mid_stage_kills_its_worker_and_the_next_run_completes() {
 fn flickr8k_pipelines_run_on_the_official_layout() {
     let dir = project();
     let root = dir.path();
-    let grid = repo().join("data/models/efficientnet_lite0_grid");
-    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
-    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
+    link_grid_backbone(root);
     fs::create_dir_all(root.join("pipelines")).unwrap();
     for file in ["pipelines/flickr8k.yaml", "pipelines/flickr8k-merge.yaml"] {
         fs::copy(repo().join(file), root.join(file)).unwrap();

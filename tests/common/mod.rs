@@ -34,6 +34,13 @@ pub fn project_at(root: &Path) {
     std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
 }
 
+/// Links the exported 7x7 grid backbone into a project, for the grid decoders' pipelines.
+pub fn link_grid_backbone(root: &Path) {
+    let grid = repo().join("data/models/efficientnet_lite0_grid");
+    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
+    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
+}
+
 /// Appends to a project's pipeline.yaml an archive-mode `caption` stage over the synthetic
 /// images, in chunks of 32 (the 160 images of the reduced tests: five part files).
 pub fn add_archive_caption_stage(root: &Path) {
