@@ -11,8 +11,16 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 jobs=${JOBS:-1}
 export PIPE_FUZZ_SECONDS=$seconds PIPE_FUZZ_CASES=2000 PIPE_FUZZ_SAVE=1
-targets="flickr8k flickr30k csv coco karpathy detect pipeline-yaml overrides lock-file vocab-json image-header backbone-json"
-[ -n "${2:-}" ] && targets=$2
+# The targets as the two fuzz tests name them, so a target added there is fuzzed here too.
+targets=$(grep -ohP 'caption_target\("\K[^"]+|name: "\K[^"]+|fuzz_target\("\K[^"]+' \
+  tests/fuzz.rs pipe-torch/tests/fuzz_backbone.rs | tr '\n' ' ')
+if [ -n "${2:-}" ]; then
+  # A misspelt target would match nothing and "pass".
+  case " $targets " in
+    *" $2 "*) targets=$2 ;;
+    *) echo "unknown fuzz target '$2'; the targets: $targets" >&2; exit 2 ;;
+  esac
+fi
 
 # Build both test binaries first; then each target runs as its own process.
 binary() { # PACKAGE_ARGS... -> the test executable's path
