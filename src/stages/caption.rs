@@ -119,9 +119,8 @@ impl StageKind for Caption {
     /// 3: a merge decoder's step gathers each token's input gates from a table instead of
     /// running the fused LSTM kernel: the same captions on Flickr8k dev, log-probabilities
     /// that differ in the last bits.
-    /// 4: the worker pins MKL to its AVX2 path in strict reproducible mode.
     fn version(&self) -> u32 {
-        5 // 5: a transformer's steps run torch's fused attention kernel (the same maths, other last bits)
+        4 // 4: the worker pins MKL to its AVX2 path in strict reproducible mode
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

@@ -102,10 +102,8 @@ impl StageKind for Scst {
 
     /// 2: a merge model's sampling and greedy steps compute as the caption kind's version 3
     /// does (the same words, log-probabilities that differ in the last bits).
-    /// 3: the CIDEr-D reward sums in a fixed order; epoch timings left history.json for the
-    /// run record.
     fn version(&self) -> u32 {
-        4 // 4: the transformer's attention runs torch's fused kernel, as in train version 3
+        3 // 3: the CIDEr-D reward sums in a fixed order; epoch timings left history.json for the run record
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {

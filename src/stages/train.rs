@@ -203,9 +203,8 @@ impl StageKind for Train {
         KIND
     }
 
-    /// 2: history.json without epoch timings (they are in the run record).
     fn version(&self) -> u32 {
-        3 // 3: the transformer decoder's attention runs torch's fused kernel (the same maths, other last bits)
+        2 // 2: history.json without epoch timings (they are in the run record)
     }
 
     fn normalize_params(&self, params: &Value) -> Result<Value> {
