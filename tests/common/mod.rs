@@ -26,19 +26,22 @@ pub fn project() -> tempfile::TempDir {
 
 /// [`project`] in a given folder.
 pub fn project_at(root: &Path) {
-    let models = root.join("data/models");
-    fs::create_dir_all(&models).unwrap();
+    fs::create_dir_all(root.join("data/models")).unwrap();
     fs::copy(repo().join("pipeline.yaml"), root.join("pipeline.yaml")).unwrap();
-    let backbone = repo().join("data/models/efficientnet_lite0");
-    assert!(backbone.join("model.pt").exists(), "run `make setup` first: it exports the backbone");
-    std::os::unix::fs::symlink(&backbone, models.join("efficientnet_lite0")).unwrap();
+    link_exported_model(root, "efficientnet_lite0", "the backbone");
 }
 
 /// Links the exported 7x7 grid backbone into a project, for the grid decoders' pipelines.
 pub fn link_grid_backbone(root: &Path) {
-    let grid = repo().join("data/models/efficientnet_lite0_grid");
-    assert!(grid.join("model.pt").exists(), "run `make setup` first: it exports the grid backbone");
-    std::os::unix::fs::symlink(&grid, root.join("data/models/efficientnet_lite0_grid")).unwrap();
+    link_exported_model(root, "efficientnet_lite0_grid", "the grid backbone");
+}
+
+/// Links the repository's `data/models/<name>` (which `make setup` exports as `what`) into
+/// the project's `data/models`.
+fn link_exported_model(root: &Path, name: &str, what: &str) {
+    let model = repo().join("data/models").join(name);
+    assert!(model.join("model.pt").exists(), "run `make setup` first: it exports {what}");
+    std::os::unix::fs::symlink(&model, root.join("data/models").join(name)).unwrap();
 }
 
 /// Appends to a project's pipeline.yaml an archive-mode `caption` stage over the synthetic
