@@ -30,7 +30,12 @@ Why these choices:
     renamed, so an interrupted export never leaves a half-written model behind.
 
 Usage:
-  .venv/bin/python scripts/export_backbone.py [--arch efficientnet_lite0] [--out DIR] [--force]
+  .venv/bin/python scripts/export_backbone.py [--arch efficientnet_lite0] [--output grid]
+      [--size PX] [--out DIR] [--force]
+
+  --size overrides the arch's input side, e.g. Lite2 at 224 px for a 7x7 grid on images that
+  are stored at 224 px (Flickr8k's shared copy); the default output folder then gets a _<PX>
+  suffix, so both exports can sit side by side.
 """
 import argparse
 import json
@@ -226,12 +231,21 @@ def main(argv=None):
     ap.add_argument("--output", default="pooled", choices=["pooled", "grid"],
                     help="pooled [N, D] vectors (default) or the spatial grid [N, H*W, D]")
     ap.add_argument("--out", help="output dir (default data/models/<arch>, or <arch>_grid)")
+    ap.add_argument("--size", type=int,
+                    help="input side in pixels (default: the arch's own, 224 for Lite0 and the "
+                         "torchvision models, 240 for Lite1, 260 for Lite2)")
     ap.add_argument("--force", action="store_true", help="re-export even if the outputs exist")
     ap.add_argument("--no-weights", action="store_true",
                     help="random weights: only for testing the export path offline")
     args = ap.parse_args(argv)
+    default_size = SIZES.get(args.arch, 224)
+    size = args.size or default_size
+    if size < 32:
+        ap.error(f"--size {size}: expected at least 32 pixels (the backbones' stride)")
 
     suffix = "_grid" if args.output == "grid" else ""
+    if size != default_size:
+        suffix += f"_{size}"
     out = args.out or os.path.join(REPO_ROOT, "data", "models", args.arch + suffix)
     files = [os.path.join(out, f) for f in ("model.pt", "classifier.pt", "backbone.json")]
     if not args.force and all(os.path.exists(f) for f in files):
@@ -240,7 +254,6 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
 
-    size = SIZES.get(args.arch, 224)
     features, classifier = build(args.arch, pretrained=not args.no_weights, output=args.output)
     traced = trace(features, size)
     shape = traced(torch.rand(1, 3, size, size)).shape

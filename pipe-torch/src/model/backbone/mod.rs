@@ -230,6 +230,28 @@ mod tests {
         }
     }
 
+    /// `--size` sets the input side, and with it the grid: Lite0 at 96 px has 3x3 cells.
+    #[test]
+    fn export_size_flag_sets_the_input_side_and_the_grid() {
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("scripts/export_backbone.py"))
+            .args(["--output", "grid", "--size", "96", "--no-weights", "--out"])
+            .arg(out.path())
+            .status()
+            .expect("run the set-up's python (make setup)");
+        assert!(status.success(), "export_backbone.py --size 96 failed");
+        tch::set_num_threads(2);
+        let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        assert_eq!(backbone.spec().input_size, 96);
+        assert_eq!(backbone.spec().grid, Some([3, 3]));
+        assert_eq!(backbone.row_len(), 9 * 1280);
+        let (features, skipped) =
+            backbone.extract_all(&[photo("chelsea.png")], &ExtractOptions::default()).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(features[0].as_ref().unwrap().len(), 9 * 1280);
+    }
+
     fn spec() -> BackboneSpec {
         BackboneSpec {
             name: "t".into(),
