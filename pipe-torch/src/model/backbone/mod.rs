@@ -205,20 +205,28 @@ mod tests {
         Backbone::load(&lite0_dir(), DeviceChoice::Cpu, Precision::Fp32).expect("load exported Lite0")
     }
 
+    /// Runs scripts/export_backbone.py with `args` and random weights (tests run offline)
+    /// into a temp dir, and loads the result; the dir lives as long as the returned guard.
+    fn export_random_weights(args: &[&str]) -> (tempfile::TempDir, Backbone) {
+        let out = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("scripts/export_backbone.py"))
+            .args(args)
+            .args(["--no-weights", "--out"])
+            .arg(out.path())
+            .status()
+            .expect("run the set-up's python (make setup)");
+        assert!(status.success(), "export_backbone.py {args:?} failed");
+        tch::set_num_threads(2);
+        let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        (out, backbone)
+    }
+
     /// The README's "other backbones" path: torchvision's ResNet50 exported by
     /// scripts/export_backbone.py (random weights, since tests run offline) is a backbone.
     #[test]
     fn exported_torchvision_resnet50_loads_as_a_backbone() {
-        let out = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
-            .arg(repo_root().join("scripts/export_backbone.py"))
-            .args(["--arch", "resnet50", "--no-weights", "--out"])
-            .arg(out.path())
-            .status()
-            .expect("run the set-up's python (make setup)");
-        assert!(status.success(), "export_backbone.py --arch resnet50 failed");
-        tch::set_num_threads(2);
-        let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        let (_out, backbone) = export_random_weights(&["--arch", "resnet50"]);
         assert_eq!(backbone.dim(), 2048);
         let (features, skipped) = backbone
             .extract_all(&[photo("chelsea.png"), photo("coffee.png")], &ExtractOptions::default())
@@ -233,16 +241,7 @@ mod tests {
     /// `--size` sets the input side, and with it the grid: Lite0 at 96 px has 3x3 cells.
     #[test]
     fn export_size_flag_sets_the_input_side_and_the_grid() {
-        let out = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
-            .arg(repo_root().join("scripts/export_backbone.py"))
-            .args(["--output", "grid", "--size", "96", "--no-weights", "--out"])
-            .arg(out.path())
-            .status()
-            .expect("run the set-up's python (make setup)");
-        assert!(status.success(), "export_backbone.py --size 96 failed");
-        tch::set_num_threads(2);
-        let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
+        let (_out, backbone) = export_random_weights(&["--output", "grid", "--size", "96"]);
         assert_eq!(backbone.spec().input_size, 96);
         assert_eq!(backbone.spec().grid, Some([3, 3]));
         assert_eq!(backbone.row_len(), 9 * 1280);
