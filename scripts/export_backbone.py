@@ -230,7 +230,8 @@ def main(argv=None):
     ap.add_argument("--arch", default="efficientnet_lite0", choices=sorted(DIMS))
     ap.add_argument("--output", default="pooled", choices=["pooled", "grid"],
                     help="pooled [N, D] vectors (default) or the spatial grid [N, H*W, D]")
-    ap.add_argument("--out", help="output dir (default data/models/<arch>, or <arch>_grid)")
+    ap.add_argument("--out", help="output dir (default data/models/<arch>, <arch>_grid, and _<PX> "
+                         "after either for a --size other than the arch's own)")
     ap.add_argument("--size", type=int,
                     help="input side in pixels (default: the arch's own, 224 for Lite0 and the "
                          "torchvision models, 240 for Lite1, 260 for Lite2)")
@@ -239,7 +240,7 @@ def main(argv=None):
                     help="random weights: only for testing the export path offline")
     args = ap.parse_args(argv)
     default_size = SIZES.get(args.arch, 224)
-    size = args.size or default_size
+    size = default_size if args.size is None else args.size
     if size < 32:
         ap.error(f"--size {size}: expected at least 32 pixels (the backbones' stride)")
 
