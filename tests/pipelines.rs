@@ -14,6 +14,7 @@ fn load(file: &str) -> Pipeline {
     for dir in [
         "data/models/efficientnet_lite0",
         "data/models/efficientnet_lite0_grid",
+        "data/models/efficientnet_lite2_grid_224",
         "data/archive",
         "data/flickr8k/images",
     ] {
