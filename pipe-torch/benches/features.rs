@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use pipe::data::manifest::list_image_files;
-use pipe_torch::model::backbone::{bench, Backbone, DeviceChoice, Precision, ThreadPlan};
+use pipe_torch::model::backbone::{bench, Backbone, DeviceChoice, Precision, ThreadPlan, WARMUP_BATCHES};
 
 fn main() -> Result<()> {
     pipe_torch::numerics::reproducible_cpu_maths(); // as in the worker
@@ -45,6 +45,10 @@ fn main() -> Result<()> {
     println!(
         "end to end:   {:7.1} img/s ({} skipped, forward waited {:.2} s for decoding)",
         r.end_to_end_img_s, r.skipped, r.wait_s
+    );
+    println!(
+        "  its forward passes after {WARMUP_BATCHES} warm-up batches: {:7.1} img/s",
+        r.steady_forward_img_s
     );
     println!("forward only: {:7.1} img/s", r.forward_only_img_s);
     println!("ratio:        {:7.3}", r.end_to_end_img_s / r.forward_only_img_s);

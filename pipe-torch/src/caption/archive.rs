@@ -183,7 +183,7 @@ impl Archive {
         let (mut indices, mut values) = (Vec::new(), Vec::<f32>::new());
         backbone.extract(&paths, &self.extract, |batch| {
             indices.extend(batch.indices.iter().map(|&i| kept[i]));
-            values.extend_from_slice(&batch.features);
+            values.extend_from_slice(batch.features);
             skipped.extend(batch.skipped.into_iter().map(|s| (kept[s.index], s.reason)));
             Ok(())
         })?;

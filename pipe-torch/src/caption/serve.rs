@@ -103,7 +103,8 @@ fn caption_batch(served: &Served, request: &CaptionRequest, images: &[Vec<u8>]) 
     let good = decoded.iter().filter(|d| d.is_ok()).count();
     let mut captions = Vec::new().into_iter();
     if good > 0 {
-        let rows = backbone.forward_pixels(&pixels, good)?;
+        let mut rows = Vec::new();
+        backbone.forward_pixels_into(&pixels, good, &mut rows)?;
         let rows = Tensor::from_slice(&rows).view([good as i64, backbone.row_len() as i64]);
         let mut settings = DecodeSettings::from(&served.spec.params);
         if request.beam_width <= 1 {

@@ -133,8 +133,10 @@ pub fn run_features(ctx: &StageContext, params: &FeaturesParams) -> Result<Featu
         "timings": {
             "load_s": load_s, "cache_s": cache_s, "extract_s": extract_s, "write_s": write_s,
             "decode_wait_s": timings.wait_s, "forward_s": timings.forward_s,
+            "warmup_batch_s": timings.warmup_batch_s,
             "total_s": started.elapsed().as_secs_f64(),
         },
+        "steady_forward_images_per_s": timings.steady_forward_images_per_s(),
         "images_per_s": summary.images_per_s,
     }))?;
     Ok(summary)

@@ -19,6 +19,8 @@ pub struct BenchReport {
     pub threads: ThreadPlan,
     /// Decode + forward through [`Backbone::extract`].
     pub end_to_end_img_s: f64,
+    /// The end-to-end run's forward passes after its warm-up batches.
+    pub steady_forward_img_s: f64,
     /// Forward passes alone (upload, normalize, model, download) on random pixel tensors of
     /// the same batch size.
     pub forward_only_img_s: f64,
@@ -53,6 +55,7 @@ pub fn bench(
         precision: backbone.precision().as_str(),
         threads,
         end_to_end_img_s: e2e.images_per_s(),
+        steady_forward_img_s: e2e.steady_forward_images_per_s(),
         forward_only_img_s: forward_only,
         wait_s: e2e.wait_s,
         skipped: e2e.skipped,

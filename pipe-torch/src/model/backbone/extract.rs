@@ -23,11 +23,12 @@ pub struct Skipped {
 
 /// One batch of results handed to the sink of [`Backbone::extract`].
 #[derive(Debug)]
-pub struct FeatureBatch {
+pub struct FeatureBatch<'a> {
     /// Positions (in the input list) of the images that have features, in order.
     pub indices: Vec<usize>,
-    /// Row-major `[indices.len(), row_len]` (see [`Backbone::row_len`]).
-    pub features: Vec<f32>,
+    /// Row-major `[indices.len(), row_len]` (see [`Backbone::row_len`]); the buffer is
+    /// reused for the next batch, so a sink copies what it keeps.
+    pub features: &'a [f32],
     /// Images of this batch that were skipped.
     pub skipped: Vec<Skipped>,
 }
@@ -48,6 +49,9 @@ impl Default for ExtractOptions {
     }
 }
 
+/// Batches timed apart as warm-up in [`ExtractTimings`].
+pub const WARMUP_BATCHES: usize = 2;
+
 /// Where the time of an [`Backbone::extract`] call went.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct ExtractTimings {
@@ -58,6 +62,11 @@ pub struct ExtractTimings {
     pub wait_s: f64,
     /// Seconds in forward passes, including host/device copies.
     pub forward_s: f64,
+    /// The first batches' shares of `forward_s`, and their images: TorchScript's executor
+    /// profiles the graph on the first call and optimizes it on the second (and on a GPU
+    /// they also allocate and pick kernels), so the batches after them give the steady rate.
+    pub warmup_batch_s: [f64; WARMUP_BATCHES],
+    pub warmup_images: usize,
     pub total_s: f64,
 }
 
@@ -65,6 +74,17 @@ impl ExtractTimings {
     pub fn images_per_s(&self) -> f64 {
         if self.total_s > 0.0 {
             self.computed as f64 / self.total_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Forward-pass throughput after the warm-up batches (0 when there were no more).
+    pub fn steady_forward_images_per_s(&self) -> f64 {
+        let warmup_s: f64 = self.warmup_batch_s.iter().sum();
+        let (images, secs) = (self.computed - self.warmup_images, self.forward_s - warmup_s);
+        if images > 0 && secs > 0.0 {
+            images as f64 / secs
         } else {
             0.0
         }
@@ -87,7 +107,7 @@ impl Backbone {
     /// sink stops the run. Unreadable images go to the batch's `skipped` list.
     pub fn extract<F>(&self, paths: &[PathBuf], opts: &ExtractOptions, mut sink: F) -> Result<ExtractTimings>
     where
-        F: FnMut(FeatureBatch) -> Result<()>,
+        F: FnMut(FeatureBatch<'_>) -> Result<()>,
     {
         ensure!(opts.batch_size > 0, "batch_size must be positive");
         let start = Instant::now();
@@ -112,19 +132,27 @@ impl Backbone {
     /// The forward loop: takes decoded batches off the channel until it closes.
     fn consume<F>(&self, rx: Receiver<DecodedBatch>, sink: &mut F) -> Result<ExtractTimings>
     where
-        F: FnMut(FeatureBatch) -> Result<()>,
+        F: FnMut(FeatureBatch<'_>) -> Result<()>,
     {
         let mut t = ExtractTimings::default();
-        loop {
+        let mut rows = Vec::new();
+        for batch_no in 0.. {
             let waited = Instant::now();
             let Ok(batch) = rx.recv() else { break };
             t.wait_s += waited.elapsed().as_secs_f64();
             let ran = Instant::now();
             let n = batch.indices.len();
-            let features = if n == 0 { Vec::new() } else { self.forward_pixels(&batch.pixels, n)? };
-            t.forward_s += ran.elapsed().as_secs_f64();
+            if n > 0 {
+                self.forward_pixels_into(&batch.pixels, n, &mut rows)?;
+            }
+            let secs = ran.elapsed().as_secs_f64();
+            if let Some(warmup) = t.warmup_batch_s.get_mut(batch_no) {
+                (*warmup, t.warmup_images) = (secs, t.warmup_images + n);
+            }
+            t.forward_s += secs;
             t.computed += n;
             t.skipped += batch.skipped.len();
+            let features = &rows[..n * self.row_len()];
             sink(FeatureBatch { indices: batch.indices, features, skipped: batch.skipped })?;
         }
         Ok(t)

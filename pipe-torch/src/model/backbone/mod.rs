@@ -39,7 +39,7 @@ use tch::{CModule, Device, Kind, Tensor};
 
 pub use bench::{bench, BenchReport};
 pub use device::{precision_kind, ResolveDevice, ThreadPlan};
-pub use extract::{ExtractOptions, ExtractTimings, ExtractedAll, FeatureBatch, Skipped};
+pub use extract::{ExtractOptions, ExtractTimings, ExtractedAll, FeatureBatch, Skipped, WARMUP_BATCHES};
 pub use pipe::contract::device::{DeviceChoice, Precision};
 pub use preprocess::{decode_rgb, Preprocess};
 pub use spec::{content_hash, BackboneOutput, BackboneSpec, MODEL_FILE, SIDECAR_FILE};
@@ -100,15 +100,40 @@ impl Backbone {
         &self.hash
     }
 
-    /// Runs prepared pixels (`[n, S, S, 3]` HWC `u8`, row-major) through the model:
-    /// `[n, row_len]` f32, row-major.
-    pub fn forward_pixels(&self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
+    /// Runs prepared pixels (`[n, S, S, 3]` HWC `u8`, row-major) through the model and
+    /// writes `[n, row_len]` f32 rows, row-major, into `rows` (resized to fit). Neither side
+    /// gets a fresh host buffer per batch: the model reads `pixels` where they lie, and the
+    /// caller's `rows` is filled in place, so on a GPU a batch costs the copies and not the
+    /// page faults of ~40 MB of new memory (which cost more than the model itself, measured).
+    pub fn forward_pixels_into(&self, pixels: &[u8], n: usize, rows: &mut Vec<f32>) -> Result<()> {
         let s = self.spec.input_size as i64;
         ensure!(pixels.len() == n * self.spec.image_len(), "batch of {n} has {} bytes", pixels.len());
+        // SAFETY: the tensor views `pixels`, which outlive it: it is dropped inside this
+        // function, and every use of it (the host-to-device copy included) ends before
+        // `forward_rows` returns.
+        let input = unsafe {
+            Tensor::from_blob(pixels.as_ptr(), &[n as i64, s, s, 3], &[], Kind::Uint8, Device::Cpu)
+        };
         // NHWC bytes seen as NCHW: a channels-last view, no copy.
-        let input = Tensor::from_slice(pixels).view([n as i64, s, s, 3]).permute([0, 3, 1, 2]);
-        let out = self.forward_bytes(&input)?;
-        Ok(Vec::<f32>::try_from(out.flatten(0, -1))?)
+        let out = tch::no_grad(|| -> Result<Tensor> {
+            let x = input.permute([0, 3, 1, 2]).to_device(self.device).to_kind(Kind::Float);
+            self.forward_rows(&self.offset.addcmul(&x, &self.scale))
+        })?;
+        let row_len = self.row_len() as i64;
+        rows.resize(n * self.row_len(), 0.0);
+        // SAFETY: `host` views `rows`, which is exactly `n * row_len` floats long and is not
+        // touched elsewhere while `host` lives; the copy is synchronous.
+        let mut host = unsafe {
+            Tensor::from_blob(
+                rows.as_mut_ptr().cast::<u8>(),
+                &[n as i64, row_len],
+                &[],
+                Kind::Float,
+                Device::Cpu,
+            )
+        };
+        host.f_copy_(&out.to_kind(Kind::Float)).context("copying features to the host")?;
+        Ok(())
     }
 
     /// Forward pass on a host `u8` tensor `[n, 3, S, S]` of raw pixels (channels-last
@@ -124,20 +149,28 @@ impl Backbone {
     /// Forward pass on an already normalized tensor `[n, 3, S, S]` (any device or float
     /// kind): returns `[n, row_len]` f32 on the CPU.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        tch::no_grad(|| {
-            let n = input.size()[0];
-            let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
-            // With more than one thread, oneDNN shares a lone image's convolutions among the
-            // threads differently from any batch's, and its features differ in the last bit
-            // from the same image's in a batch (seen on an AVX-512 EPYC, with or without the
-            // ISA pinned to AVX2). Run it as a pair, so that a shard's or `pipe caption`'s
-            // single image gets the bytes a whole run gives it.
-            let lone = n == 1 && self.device == Device::Cpu && tch::get_num_threads() > 1;
-            let x = if lone { Tensor::cat(&[&x, &x], 0) } else { x };
-            let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
-            let y = if lone { self.rows(y, 2)?.narrow(0, 0, 1) } else { self.rows(y, n)? };
-            Ok(y.to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
-        })
+        let y = tch::no_grad(|| self.forward_rows(input))?;
+        Ok(y.to_device(Device::Cpu).to_kind(Kind::Float).contiguous())
+    }
+
+    /// The model on `input` (`[n, 3, S, S]`, any device or float kind): `[n, row_len]` on
+    /// the model's device, in its precision.
+    fn forward_rows(&self, input: &Tensor) -> Result<Tensor> {
+        let n = input.size()[0];
+        let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
+        // With more than one thread, oneDNN shares a lone image's convolutions among the
+        // threads differently from any batch's, and its features differ in the last bit
+        // from the same image's in a batch (seen on an AVX-512 EPYC, with or without the
+        // ISA pinned to AVX2). Run it as a pair, so that a shard's or `pipe caption`'s
+        // single image gets the bytes a whole run gives it.
+        let lone = n == 1 && self.device == Device::Cpu && tch::get_num_threads() > 1;
+        let x = if lone { Tensor::cat(&[&x, &x], 0) } else { x };
+        let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
+        if lone {
+            Ok(self.rows(y, 2)?.narrow(0, 0, 1))
+        } else {
+            self.rows(y, n)
+        }
     }
 }
 
@@ -352,12 +385,28 @@ mod tests {
     #[test]
     fn an_image_gets_the_same_bits_alone_and_in_any_batch() {
         let bb = lite0();
-        // Channels-last strides, as `forward_pixels` hands batches over.
+        // Channels-last strides, as `forward_pixels_into` hands batches over.
         let x = Tensor::rand([5, 224, 224, 3], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]);
         let whole = Vec::<f32>::try_from(bb.forward(&x).unwrap().get(0)).unwrap();
         for n in [1, 2, 3] {
             let part = Vec::<f32>::try_from(bb.forward(&x.narrow(0, 0, n)).unwrap().get(0)).unwrap();
             assert!(part == whole, "image 0 in a batch of {n} differs from its features in a batch of 5");
+        }
+    }
+
+    #[test]
+    fn pixels_forwarded_in_place_equal_forward_bytes_in_a_reused_buffer() {
+        let bb = lite0();
+        let side = bb.spec().input_size as i64;
+        let pixels = Tensor::randint(256, [3, side, side, 3], (Kind::Uint8, Device::Cpu));
+        let bytes = Vec::<u8>::try_from(pixels.flatten(0, -1)).unwrap();
+        let mut rows = Vec::new();
+        for n in [3, 1] {
+            let want = bb.forward_bytes(&pixels.narrow(0, 0, n).permute([0, 3, 1, 2])).unwrap();
+            let want = Vec::<f32>::try_from(want.flatten(0, -1)).unwrap();
+            bb.forward_pixels_into(&bytes[..n as usize * bb.spec().image_len()], n as usize, &mut rows)
+                .unwrap();
+            assert!(rows == want, "batch of {n}: in-place rows differ from forward_bytes");
         }
     }
 
