@@ -35,8 +35,6 @@ python3 - <<'PY'
 import json
 r = json.load(open("run-records.json"))
 def run(stage): return (r.get(stage) or {}).get("run") or {}
-for s in ("features", "features_grid"):
-    print(f"{s:20s} {run(s).get('images_per_s', float('nan')):8.0f} img/s")
 for s in ("train_merge", "train_cnn", "train_attention", "train_transformer", "scst"):
     ep = run(s).get("epochs", [])
     secs = [round(e["seconds"], 2) for e in ep]

@@ -115,18 +115,15 @@ impl Backbone {
             Tensor::from_blob(pixels.as_ptr(), &[n as i64, s, s, 3], &[], Kind::Uint8, Device::Cpu)
         };
         // NHWC bytes seen as NCHW: a channels-last view, no copy.
-        let out = tch::no_grad(|| -> Result<Tensor> {
-            let x = input.permute([0, 3, 1, 2]).to_device(self.device).to_kind(Kind::Float);
-            self.forward_rows(&self.offset.addcmul(&x, &self.scale))
-        })?;
-        let row_len = self.row_len() as i64;
-        rows.resize(n * self.row_len(), 0.0);
+        let out = tch::no_grad(|| self.forward_rows(&self.normalized(&input.permute([0, 3, 1, 2]))))?;
+        let row_len = self.row_len();
+        rows.resize(n * row_len, 0.0);
         // SAFETY: `host` views `rows`, which is exactly `n * row_len` floats long and is not
         // touched elsewhere while `host` lives; the copy is synchronous.
         let mut host = unsafe {
             Tensor::from_blob(
                 rows.as_mut_ptr().cast::<u8>(),
-                &[n as i64, row_len],
+                &[n as i64, row_len as i64],
                 &[],
                 Kind::Float,
                 Device::Cpu,
@@ -140,10 +137,14 @@ impl Backbone {
     /// strides are fastest): moves it to the device, normalizes it there (keeping its
     /// memory format) and returns `[n, row_len]` f32 on the CPU.
     pub fn forward_bytes(&self, pixels: &Tensor) -> Result<Tensor> {
-        tch::no_grad(|| {
-            let x = pixels.to_device(self.device).to_kind(Kind::Float);
-            self.forward(&self.offset.addcmul(&x, &self.scale))
-        })
+        tch::no_grad(|| self.forward(&self.normalized(pixels)))
+    }
+
+    /// Raw `u8` pixels `[n, 3, S, S]` moved to the device and normalized there, in f32,
+    /// keeping their memory format.
+    fn normalized(&self, pixels: &Tensor) -> Tensor {
+        let x = pixels.to_device(self.device).to_kind(Kind::Float);
+        self.offset.addcmul(&x, &self.scale)
     }
 
     /// Forward pass on an already normalized tensor `[n, 3, S, S]` (any device or float
