@@ -1,6 +1,6 @@
-//! The shipped pipeline files: each parses, and the archive pipeline really shares the
-//! default pipeline's trained model (same kinds, params and deps up to `train`), as its
-//! comment promises.
+//! The shipped pipeline files: each parses, the archive pipeline really shares the
+//! default pipeline's trained model (same kinds, params and deps up to `train`), and the GPU
+//! quality runs train what the Flickr8k pipelines train, as their comments promise.
 
 use std::path::Path;
 
@@ -37,13 +37,15 @@ fn load(file: &str) -> Pipeline {
 fn every_shipped_pipeline_parses() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec!["pipeline.yaml".to_string()];
-    for entry in std::fs::read_dir(repo.join("pipelines")).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.ends_with(".yaml") {
-            files.push(format!("pipelines/{name}"));
+    for dir in ["pipelines", "scripts/gpu"] {
+        for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".yaml") {
+                files.push(format!("{dir}/{name}"));
+            }
         }
     }
-    assert!(files.len() >= 5, "{files:?}");
+    assert!(files.len() >= 7, "{files:?}");
     for file in &files {
         assert!(!load(file).stages.is_empty(), "{file}");
     }
@@ -62,5 +64,44 @@ fn the_archive_pipeline_reuses_the_default_model() {
             s.deps.iter().map(|d| (d.name.clone(), d.source.to_string())).collect::<Vec<_>>()
         };
         assert_eq!(deps(a), deps(b), "{name}: deps differ");
+    }
+}
+
+/// The seed-0 stages of `scripts/gpu/flickr8k-quality.yaml` against their counterparts in the
+/// shipped Flickr8k pipelines: the same kind, params and dep names, so the figures measured
+/// with the one are those of the others.
+#[test]
+fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
+    let quality = load("scripts/gpu/flickr8k-quality.yaml");
+    let scst2 = load("pipelines/flickr8k-scst2.yaml");
+    let transformer = load("pipelines/flickr8k-transformer.yaml");
+    let ensemble = load("pipelines/flickr8k-ensemble.yaml");
+    let pairs = [
+        ("train_attention_0", &scst2, "train"),
+        ("scst_attention_0", &scst2, "scst"),
+        ("scst_low_attention_0", &scst2, "scst_low"),
+        ("caption_attention_0", &scst2, "caption"),
+        ("train_attention_0", &ensemble, "train_attention"),
+        ("scst_attention_0", &ensemble, "scst_attention"),
+        ("scst_low_attention_0", &ensemble, "scst_low_attention"),
+        ("train_transformer_0", &transformer, "train"),
+        ("scst_transformer_0", &transformer, "scst"),
+        ("train_transformer_0", &ensemble, "train_transformer"),
+        ("scst_transformer_0", &ensemble, "scst_transformer"),
+        ("caption_ensemble_0", &ensemble, "caption"),
+    ];
+    let dep_names = |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+    for (name, shipped, counterpart) in pairs {
+        let (a, b) = (quality.stage(name).unwrap(), shipped.stage(counterpart).unwrap());
+        assert_eq!(a.kind.name(), b.kind.name(), "{name} / {counterpart}");
+        let mut params = b.params.clone();
+        // The shipped files caption the test split by default; the quality runs score dev,
+        // and draw no report, so they keep no attention maps (the captions are the same).
+        if name.starts_with("caption") {
+            params["split"] = serde_json::json!("dev");
+            params.as_object_mut().unwrap().remove("attention_maps");
+        }
+        assert_eq!(a.params, params, "{name} / {counterpart}: params differ");
+        assert_eq!(dep_names(a), dep_names(b), "{name} / {counterpart}: deps differ");
     }
 }
