@@ -90,7 +90,8 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         ("scst_transformer_0", &ensemble, "scst_transformer"),
         ("caption_ensemble_0", &ensemble, "caption"),
     ];
-    let dep_names = |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+    let dep_names =
+        |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
     for (name, shipped, counterpart) in pairs {
         let (a, b) = (quality.stage(name).unwrap(), shipped.stage(counterpart).unwrap());
         assert_eq!(a.kind.name(), b.kind.name(), "{name} / {counterpart}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's quality runs on one GPU: scripts/gpu/flickr8k-quality.yaml (three seeds of the
-# attention model with two-phase scst, the transformer with scst, and their ensemble), all
-# trained at once with `pipe run -j JOBS`, then a table of every score and its 3-seed mean.
+# attention model with two-phase scst, the transformer with scst, and their ensemble, also
+# captioned with consensus re-ranking), all trained at once with `pipe run -j JOBS`, then a
+# table of every score and its 3-seed mean.
 # Run from the repo root:
 #   scripts/gpu/quality.sh FLICKR8K_DIR WORKSPACE [PIPE RUN ARGS…]
 # FLICKR8K_DIR holds Flickr8k.token.txt, the split files and images/. WORKSPACE is made if
@@ -50,7 +51,7 @@ for name in records:
 print("\nFlickr8k dev, beam 5, coco convention: BLEU-1 / BLEU-4 / CIDEr-D")
 for name, (b1, b4, c) in sorted(rows.items()):
     print(f"{name:22s} {b1:.4f} {b4:.4f} {c:.4f}")
-for model in ("attention", "transformer", "ensemble"):
+for model in ("attention", "transformer", "ensemble", "attention_consensus", "ensemble_consensus"):
     got = [v for k, v in rows.items() if re.fullmatch(f"score_{model}_[0-9]+", k)]
     if len(got) > 1:
         b4 = [g[1] for g in got]; c = [g[2] for g in got]

@@ -56,25 +56,69 @@ fn score_against(hypothesis: &[String], references: &[Vec<String>], idf: &dyn Fn
     mean / references.len() as f64 * 10.0
 }
 
-/// CIDEr-D as a reward, for self-critical training: the document frequencies come from a
-/// fixed corpus (the train references), counted once, so an image's reward for a caption
-/// does not depend on which other images are in the batch (self-critical.pytorch's
-/// `CiderD` with `df = corpus`).
-pub struct CiderReward {
+/// Document frequencies counted once over a fixed corpus of images' references, so that a
+/// caption's CIDEr-D against some references does not depend on which other images are
+/// scored with it (self-critical.pytorch's `CiderD` with `df = corpus`).
+pub struct CorpusIdf {
     df: FxHashMap<Vec<String>, f64>,
     log_images: f64,
+}
+
+impl CorpusIdf {
+    /// `references[i]`: image i's tokenized reference captions.
+    pub fn new(references: &[Vec<Vec<String>>]) -> Self {
+        let sets: Vec<TokenizedSet> = references
+            .iter()
+            .map(|refs| TokenizedSet { hypothesis: Vec::new(), references: refs.clone() })
+            .collect();
+        let df = document_frequency(&sets).into_iter().map(|(gram, n)| (gram.to_vec(), n)).collect();
+        Self { df, log_images: (references.len().max(1) as f64).ln() }
+    }
+
+    /// CIDEr-D of `hypothesis` against `references` under these document frequencies.
+    pub fn score(&self, hypothesis: &[String], references: &[Vec<String>]) -> f64 {
+        let idf = |gram: &[String]| self.log_images - self.df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
+        score_against(hypothesis, references, &idf)
+    }
+
+    /// Consensus re-ranking (minimum Bayes risk with a CIDEr-D utility, uniform weights):
+    /// the index of the candidate with the highest CIDEr-D against all the other
+    /// candidates and every caption of `evidence` (e.g. samples of the same model), the
+    /// first on a tie; 0 when a candidate has nothing to be compared with.
+    pub fn consensus(&self, candidates: &[Vec<String>], evidence: &[Vec<String>]) -> usize {
+        let mut best = (0, f64::NEG_INFINITY);
+        for (i, candidate) in candidates.iter().enumerate() {
+            let others: Vec<Vec<String>> = candidates
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, c)| c)
+                .chain(evidence)
+                .cloned()
+                .collect();
+            if others.is_empty() {
+                return 0;
+            }
+            let score = self.score(candidate, &others);
+            if score > best.1 {
+                best = (i, score);
+            }
+        }
+        best.0
+    }
+}
+
+/// CIDEr-D as a reward, for self-critical training: each training image's references, with
+/// the document frequencies of all of them (a [`CorpusIdf`]).
+pub struct CiderReward {
+    idf: CorpusIdf,
     references: Vec<Vec<Vec<String>>>,
 }
 
 impl CiderReward {
     /// `references[i]`: image i's tokenized reference captions.
     pub fn new(references: Vec<Vec<Vec<String>>>) -> Self {
-        let sets: Vec<TokenizedSet> = references
-            .iter()
-            .map(|refs| TokenizedSet { hypothesis: Vec::new(), references: refs.clone() })
-            .collect();
-        let df = document_frequency(&sets).into_iter().map(|(gram, n)| (gram.to_vec(), n)).collect();
-        Self { df, log_images: (references.len().max(1) as f64).ln(), references }
+        Self { idf: CorpusIdf::new(&references), references }
     }
 
     pub fn images(&self) -> usize {
@@ -83,8 +127,7 @@ impl CiderReward {
 
     /// CIDEr-D of one caption of image `image`.
     pub fn score(&self, image: usize, hypothesis: &[String]) -> f64 {
-        let idf = |gram: &[String]| self.log_images - self.df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
-        score_against(hypothesis, &self.references[image], &idf)
+        self.idf.score(hypothesis, &self.references[image])
     }
 }
 
@@ -185,6 +228,30 @@ mod tests {
             sets.iter().enumerate().map(|(i, s)| reward.score(i, &s.hypothesis)).sum::<f64>() / 3.0;
         assert!((mean - cider_d(&sets)).abs() < 1e-12, "{mean} vs {}", cider_d(&sets));
         assert!(reward.score(0, &words("a dog runs on the grass")) > reward.score(0, &words("a cat")));
+    }
+
+    #[test]
+    fn consensus_picks_the_candidate_closest_to_the_others() {
+        let refs = [
+            vec![words("a dog runs on the grass"), words("a brown dog runs")],
+            vec![words("two cats sleep on a bed"), words("cats asleep")],
+            vec![words("a man rides a bike"), words("a person on a bike")],
+        ];
+        let idf = CorpusIdf::new(&refs);
+        let candidates =
+            [words("a cat sleeps"), words("a dog runs on grass"), words("a brown dog runs on grass")];
+        let pick = idf.consensus(&candidates, &[]);
+        assert!(pick == 1 || pick == 2, "{pick}");
+        // The odd one out never wins; with one or two alike, order breaks the tie.
+        assert_eq!(idf.consensus(&[words("a dog runs")], &[]), 0);
+        assert_eq!(idf.consensus(&[words("a dog runs"), words("a dog runs")], &[]), 0);
+        assert_eq!(idf.consensus(&[], &[]), 0);
+        let moved = [words("a brown dog runs on grass"), words("a cat sleeps"), words("a dog runs on grass")];
+        assert_ne!(idf.consensus(&moved, &[]), 1);
+        // Evidence outvotes the candidates: three samples about cats make the cat win.
+        let cats = [words("a cat sleeps"), words("a cat sleeps here"), words("a cat sleeps on a bed")];
+        assert_eq!(idf.consensus(&candidates, &cats), 0);
+        assert_eq!(idf.consensus(&[words("a dog runs")], &cats), 0);
     }
 
     /// Float sums run over n-gram maps; with a per-map random hasher their order, and so

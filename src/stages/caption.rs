@@ -33,6 +33,27 @@ pub enum DecoderKind {
     Beam,
 }
 
+/// How the caption is picked from the beam's finished hypotheses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rerank {
+    /// The most probable (length-normalised when `length_norm`).
+    #[default]
+    None,
+    /// The one with the highest CIDEr-D against the others (minimum Bayes risk decoding
+    /// with a CIDEr-D utility; document frequencies of the train split's captions).
+    Consensus,
+}
+
+impl Rerank {
+    fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+/// The split whose captions give consensus re-ranking its document frequencies.
+pub const RERANK_IDF_SPLIT: &str = "train";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptionParams {
@@ -61,6 +82,19 @@ pub struct CaptionParams {
     /// for each word (the report draws it). Left out of the normalized params when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub attention_maps: bool,
+    /// Split mode, beam search: re-rank the beam's hypotheses (`consensus`). Left out of
+    /// the normalized params when `none`, so stages that do not use it keep their hashes.
+    #[serde(skip_serializing_if = "Rerank::is_none")]
+    pub rerank: Rerank,
+    /// `rerank: consensus`: also compare the beam's hypotheses with this many captions
+    /// sampled from the model per image (seeded; 0 = the beam's hypotheses alone). Left out
+    /// of the normalized params when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rerank_samples: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for CaptionParams {
@@ -78,6 +112,8 @@ impl Default for CaptionParams {
             backbone_batch: 16,
             device: DeviceChoice::Auto,
             attention_maps: false,
+            rerank: Rerank::None,
+            rerank_samples: 0,
         }
     }
 }
@@ -93,6 +129,21 @@ impl CaptionParams {
         ensure!(
             !(self.attention_maps && self.folder.is_some()),
             "attention_maps is for split mode (archive mode writes none)"
+        );
+        if self.rerank == Rerank::Consensus {
+            ensure!(
+                self.decoder == DecoderKind::Beam && self.beam_width >= 2,
+                "rerank: consensus picks among a beam's hypotheses: it needs `decoder: beam` and \
+                 beam_width ≥ 2"
+            );
+            ensure!(
+                self.folder.is_none(),
+                "rerank: consensus is for split mode (it needs the `tokens` input's train captions)"
+            );
+        }
+        ensure!(
+            self.rerank_samples == 0 || self.rerank == Rerank::Consensus,
+            "rerank_samples is for `rerank: consensus`"
         );
         Ok(())
     }
@@ -187,5 +238,29 @@ mod tests {
         assert!(Caption.normalize_params(&serde_json::json!({"beam": 3})).is_err());
         assert_eq!(Caption.outputs(&serde_json::json!({"folder": "x"})).len(), 2);
         assert!(Caption.resumable());
+    }
+
+    #[test]
+    fn consensus_reranking_is_a_split_mode_beam_option_that_old_stages_never_see() {
+        let plain = Caption.normalize_params(&Value::Null).unwrap();
+        assert!(plain.get("rerank").is_none(), "{plain}");
+        let explicit_none = Caption.normalize_params(&serde_json::json!({"rerank": "none"})).unwrap();
+        assert_eq!(explicit_none, plain);
+        let consensus = Caption.normalize_params(&serde_json::json!({"rerank": "consensus"})).unwrap();
+        assert_eq!(consensus["rerank"], "consensus");
+        assert!(consensus.get("rerank_samples").is_none(), "{consensus}");
+        let sampled = Caption
+            .normalize_params(&serde_json::json!({"rerank": "consensus", "rerank_samples": 10}))
+            .unwrap();
+        assert_eq!(sampled["rerank_samples"], 10);
+        assert!(Caption.normalize_params(&serde_json::json!({"rerank_samples": 10})).is_err());
+        for bad in [
+            serde_json::json!({"rerank": "consensus", "decoder": "greedy"}),
+            serde_json::json!({"rerank": "consensus", "beam_width": 1}),
+            serde_json::json!({"rerank": "consensus", "folder": "photos"}),
+            serde_json::json!({"rerank": "mbr"}),
+        ] {
+            assert!(Caption.normalize_params(&bad).is_err(), "{bad}");
+        }
     }
 }

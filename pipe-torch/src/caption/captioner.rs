@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Tensor};
 
 use crate::model::data::{caption_text, Vocab};
-use crate::model::decode::{beam_search, beam_search_ranked, greedy, DecodeOptions, Hypothesis};
+use crate::model::decode::{beam_search, beam_search_ranked, greedy, sample, DecodeOptions, Hypothesis};
 use crate::model::decoder::{Ensemble, ModelConfig, StepDecoder};
 use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
-use pipe::stages::caption::{CaptionParams, DecoderKind};
+use pipe::stages::caption::{CaptionParams, DecoderKind, Rerank};
 
 /// How to decode, independent of where the features come from: the decoding half of
 /// the caption kind's params.
@@ -21,6 +21,10 @@ pub struct DecodeSettings {
     pub max_len: Option<usize>,
     pub block_repeats: usize,
     pub batch_size: usize,
+    /// Split mode: how the caption is picked from the beam (see [`crate::caption::caption_split`]).
+    pub rerank: Rerank,
+    /// Samples per image that consensus re-ranking also compares with.
+    pub rerank_samples: usize,
 }
 
 impl From<&CaptionParams> for DecodeSettings {
@@ -32,6 +36,8 @@ impl From<&CaptionParams> for DecodeSettings {
             max_len: params.max_len,
             block_repeats: params.block_repeats,
             batch_size: params.batch_size,
+            rerank: params.rerank,
+            rerank_samples: params.rerank_samples,
         }
     }
 }
@@ -134,6 +140,26 @@ impl CaptionModel {
             DecoderKind::Beam => {
                 beam_search_ranked(decoder, batch, opts, settings.beam_width, settings.length_norm)
             }
+        })
+    }
+
+    /// `per_image` captions sampled from the model for each row of `features`, from torch's
+    /// generator seeded with `seed` (so the same call gives the same samples).
+    pub fn sample(
+        &self,
+        features: &Tensor,
+        settings: &DecodeSettings,
+        per_image: usize,
+        seed: i64,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
+        tch::manual_seed(seed);
+        self.decode_batches(features, settings, |decoder, batch, opts| {
+            let repeated = batch.repeat_interleave_self_int(per_image as i64, Some(0), None);
+            let samples = sample(decoder, &repeated, opts)?;
+            Ok(samples
+                .chunks(per_image.max(1))
+                .map(|chunk| chunk.iter().map(|(h, _)| h.clone()).collect())
+                .collect())
         })
     }
 

@@ -6,6 +6,7 @@ mod archive;
 mod captioner;
 pub mod serve;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,12 +18,14 @@ pub use captioner::{CaptionModel, DecodeSettings};
 
 use crate::model::backbone::{Backbone, DeviceChoice, ExtractOptions, Precision, ResolveDevice, ThreadPlan};
 use crate::model::data::{caption_text, FeatureTable, TokenTable};
+use crate::model::decode::Hypothesis;
 use pipe::contract::attention::{AttentionMaps, ImageAttention};
 use pipe::contract::files::{
     artifact, ATTENTION_FILE, FEATURES_FILE, GENERATED_CAPTIONS_FILE, TOKENS_FILE, VOCAB_FILE,
 };
 use pipe::contract::tables::{write_generated_captions, GeneratedCaption};
-use pipe::stages::caption::{CaptionParams, MODEL_INPUTS};
+use pipe::metrics::cider::CorpusIdf;
+use pipe::stages::caption::{CaptionParams, Rerank, MODEL_INPUTS, RERANK_IDF_SPLIT};
 use pipe_engine::fsutil::write_json_atomic;
 use pipe_engine::stage::StageContext;
 
@@ -152,8 +155,9 @@ fn caption_split_with_maps(
     maps: bool,
 ) -> Result<(Vec<GeneratedCaption>, Option<AttentionMaps>)> {
     let features = FeatureTable::load(features_path)?;
-    let images = match tokens_path {
-        Some(path) => TokenTable::load(path)?.split_images(split),
+    let tokens = tokens_path.map(TokenTable::load).transpose()?;
+    let images = match &tokens {
+        Some(table) => table.split_images(split),
         None => features.images.clone(),
     };
     if images.is_empty() {
@@ -170,7 +174,25 @@ fn caption_split_with_maps(
         })
         .collect::<Result<_>>()?;
     let selected = features.matrix.index_select(0, &Tensor::from_slice(&rows));
-    let hyps = model.decode(&selected, settings)?;
+    let hyps = match settings.rerank {
+        Rerank::None => model.decode(&selected, settings)?,
+        Rerank::Consensus => {
+            let tokens = tokens.as_ref().context(
+                "rerank: consensus needs the `tokens` input (its train captions give the document frequencies)",
+            )?;
+            let idf = train_idf(tokens)?;
+            let ranked = model.decode_ranked(&selected, settings)?;
+            let samples = match settings.rerank_samples {
+                0 => vec![Vec::new(); ranked.len()],
+                n => model.sample(&selected, settings, n, RERANK_SEED)?,
+            };
+            ranked
+                .into_iter()
+                .zip(samples)
+                .map(|(ranked, samples)| consensus(&idf, ranked, &samples))
+                .collect()
+        }
+    };
     let maps = match (maps, features.grid) {
         (false, _) => None,
         (true, None) => {
@@ -202,6 +224,44 @@ fn caption_split_with_maps(
         })
         .collect();
     Ok((rows, maps))
+}
+
+/// CIDEr-D's document frequencies over the captions of [`RERANK_IDF_SPLIT`], grouped by
+/// image. Words are token ids: CIDEr-D needs only their identity.
+fn train_idf(tokens: &TokenTable) -> Result<CorpusIdf> {
+    let mut by_image: HashMap<&str, Vec<Vec<String>>> = HashMap::new();
+    for ((image, split), ids) in tokens.images.iter().zip(&tokens.splits).zip(&tokens.tokens) {
+        if split == RERANK_IDF_SPLIT {
+            // startseq … endseq: the words between.
+            by_image
+                .entry(image)
+                .or_default()
+                .push(id_words(ids.get(1..ids.len().saturating_sub(1)).unwrap_or(&[])));
+        }
+    }
+    ensure!(
+        !by_image.is_empty(),
+        "rerank: consensus takes its document frequencies from the `{RERANK_IDF_SPLIT}` captions, and the tokens input has none"
+    );
+    let mut references: Vec<(&str, Vec<Vec<String>>)> = by_image.into_iter().collect();
+    references.sort_unstable_by_key(|(image, _)| *image);
+    Ok(CorpusIdf::new(&references.into_iter().map(|(_, refs)| refs).collect::<Vec<_>>()))
+}
+
+fn id_words(ids: &[i64]) -> Vec<String> {
+    ids.iter().map(i64::to_string).collect()
+}
+
+/// The seed of consensus re-ranking's samples: fixed, so a stage's output is a function
+/// of its inputs and params.
+const RERANK_SEED: i64 = 0;
+
+/// The beam's hypothesis (best first) with the highest CIDEr-D against the others and the
+/// image's samples.
+fn consensus(idf: &CorpusIdf, mut ranked: Vec<Hypothesis>, samples: &[Hypothesis]) -> Hypothesis {
+    let candidates: Vec<Vec<String>> = ranked.iter().map(|h| id_words(&h.tokens)).collect();
+    let evidence: Vec<Vec<String>> = samples.iter().map(|h| id_words(&h.tokens)).collect();
+    ranked.swap_remove(idf.consensus(&candidates, &evidence))
 }
 
 /// Three decimals are plenty for a heat map and keep `attention.json` small.
@@ -380,6 +440,37 @@ mod tests {
             );
             assert!(rows.iter().all(|r| r.log_prob < 0.0 && r.log_prob > -1.0));
         }
+    }
+
+    #[test]
+    fn consensus_reranking_picks_one_of_the_beams_hypotheses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model_dir, vocab) = tiny_model(dir.path());
+        let model = CaptionModel::load(&model_dir, &vocab, Device::Cpu).unwrap();
+        let (features, tokens) = (dir.path().join("features.arrow"), dir.path().join("tokens.parquet"));
+        let settings =
+            DecodeSettings { beam_width: 4, batch_size: 3, rerank: Rerank::Consensus, ..Default::default() };
+        let rows = caption_split(&model, &features, Some(&tokens), "dev", &settings).unwrap();
+        let table = FeatureTable::load(&features).unwrap();
+        let index = table.index();
+        let picked_rows: Vec<i64> = rows.iter().map(|r| index[r.image.as_str()]).collect();
+        let ranked = model
+            .decode_ranked(&table.matrix.index_select(0, &Tensor::from_slice(&picked_rows)), &settings)
+            .unwrap();
+        assert!(ranked.iter().any(|r| r.len() > 1), "the beams offered no choice");
+        for (row, ranked) in rows.iter().zip(&ranked) {
+            let texts: Vec<String> = ranked.iter().map(|h| caption_text(&model.vocab, &h.tokens)).collect();
+            assert!(texts.contains(&row.caption), "{} not among {texts:?}", row.caption);
+        }
+        let sampled = DecodeSettings { rerank_samples: 3, ..settings };
+        let first = caption_split(&model, &features, Some(&tokens), "dev", &sampled).unwrap();
+        assert_eq!(first, caption_split(&model, &features, Some(&tokens), "dev", &sampled).unwrap());
+        for (row, ranked) in first.iter().zip(&ranked) {
+            let texts: Vec<String> = ranked.iter().map(|h| caption_text(&model.vocab, &h.tokens)).collect();
+            assert!(texts.contains(&row.caption), "{} not among {texts:?}", row.caption);
+        }
+        let err = caption_split(&model, &features, None, "dev", &settings).unwrap_err();
+        assert!(format!("{err:#}").contains("tokens"), "{err:#}");
     }
 
     #[test]
