@@ -16,7 +16,7 @@ use pipe_engine::stage::parse_params;
 use pipe_engine::worker::worker_program;
 
 use crate::contract::device::{DeviceChoice, Precision};
-use crate::stages::caption::{CaptionParams, DecoderKind, MODEL_INPUTS};
+use crate::stages::caption::{CaptionParams, DecoderKind, Rerank, MODEL_INPUTS};
 use crate::stages::features::FeaturesParams;
 use crate::stages::{caption, TORCH_WORKER};
 
@@ -55,6 +55,15 @@ pub fn run(results: &Results, pipeline: &Pipeline, args: &CaptionArgs) -> Result
     }
     if let Some(device) = args.device {
         resolved.params.device = device;
+    }
+    if resolved.params.rerank != Rerank::None {
+        // Consensus needs a split's train captions; a photo gets the beam's most probable one.
+        eprintln!(
+            "note: stage {} re-ranks its beam by consensus, which is for split mode; these \
+             captions are the beam's most probable",
+            stage.name
+        );
+        (resolved.params.rerank, resolved.params.rerank_samples) = (Rerank::None, 0);
     }
     let program = worker_program(TORCH_WORKER)?;
     let mut command = Command::new(&program);

@@ -85,6 +85,18 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     eprintln!("cnn: test BLEU-4 {cnn_bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
     assert!(cnn_bleu4 > baseline4 + 0.05, "cnn: BLEU-4 {cnn_bleu4} does not beat the baseline {baseline4}");
 
+    // Consensus re-ranking is a caption param: only caption and what reads it rerun.
+    let consensus = ["-S", "caption.rerank=consensus", "-S", "caption.rerank_samples=5"];
+    let cnn_args = ["-S", "train.hidden=128", "-S", "train.decoder=cnn"];
+    let reranked = pipe(root, &run_args(&[&cnn_args[..], &consensus[..]].concat()));
+    assert_eq!(ran_stages(&reranked), ["caption", "score", "report"], "{reranked}");
+    let reranked_bleu4 = metrics(root)["bleu_4"].as_f64().unwrap();
+    eprintln!("cnn, consensus re-ranking: test BLEU-4 {reranked_bleu4:.4}");
+    assert!(
+        reranked_bleu4 > baseline4 + 0.05,
+        "re-ranked: BLEU-4 {reranked_bleu4} does not beat the baseline"
+    );
+
     // `pipe caption` uses the current train artifact on any image file.
     let image = root.join("data/out/synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
     let captioned = pipe(root, &["caption", "--beam", "3", image.to_str().unwrap()]);
