@@ -78,7 +78,8 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
     assert_eq!(ran_stages(&third), ["train", "caption", "score", "report"], "{third}");
 
     // The cnn decoder (the Flask apps' model) on the same pooled features learns too.
-    let cnn = pipe(root, &run_args(&["-S", "train.hidden=128", "-S", "train.decoder=cnn"]));
+    let cnn_args = ["-S", "train.hidden=128", "-S", "train.decoder=cnn"];
+    let cnn = pipe(root, &run_args(&cnn_args));
     assert_eq!(ran_stages(&cnn), ["train", "caption", "score", "report"], "{cnn}");
     assert!(cnn.contains("cnn decoder"), "{cnn}");
     let cnn_bleu4 = metrics(root)["bleu_4"].as_f64().unwrap();
@@ -87,7 +88,6 @@ fn default_pipeline_learns_caches_and_reruns_only_downstream() {
 
     // Consensus re-ranking is a caption param: only caption and what reads it rerun.
     let consensus = ["-S", "caption.rerank=consensus", "-S", "caption.rerank_samples=5"];
-    let cnn_args = ["-S", "train.hidden=128", "-S", "train.decoder=cnn"];
     let reranked = pipe(root, &run_args(&[&cnn_args[..], &consensus[..]].concat()));
     assert_eq!(ran_stages(&reranked), ["caption", "score", "report"], "{reranked}");
     let reranked_bleu4 = metrics(root)["bleu_4"].as_f64().unwrap();

@@ -44,16 +44,22 @@ fn image_score(set: &TokenizedSet, df: &FxHashMap<&[String], f64>, log_images: f
 
 /// CIDEr-D of `hypothesis` against `references`, given the n-gram idf.
 fn score_against(hypothesis: &[String], references: &[Vec<String>], idf: &dyn Fn(&[String]) -> f64) -> f64 {
-    let hyp = vectors(hypothesis, idf);
+    let references: Vec<Vectors> = references.iter().map(|r| vectors(r, idf)).collect();
+    score_vectors(&vectors(hypothesis, idf), references.iter())
+}
+
+/// CIDEr-D of a hypothesis's vectors against references' vectors, summed in their order.
+fn score_vectors<'a, 'v: 'a>(hyp: &Vectors, references: impl Iterator<Item = &'a Vectors<'v>>) -> f64 {
+    let mut count = 0;
     let mut per_order = [0.0; MAX_N];
     for reference in references {
-        let reference = vectors(reference, idf);
-        for (acc, s) in per_order.iter_mut().zip(similarity(&hyp, &reference)) {
+        count += 1;
+        for (acc, s) in per_order.iter_mut().zip(similarity(hyp, reference)) {
             *acc += s;
         }
     }
     let mean = per_order.iter().sum::<f64>() / MAX_N as f64;
-    mean / references.len() as f64 * 10.0
+    mean / count as f64 * 10.0
 }
 
 /// Document frequencies counted once over a fixed corpus of images' references, so that a
@@ -75,10 +81,13 @@ impl CorpusIdf {
         Self { df, log_images: (references.len().max(1) as f64).ln() }
     }
 
+    fn idf(&self, gram: &[String]) -> f64 {
+        self.log_images - self.df.get(gram).copied().unwrap_or(0.0).max(1.0).ln()
+    }
+
     /// CIDEr-D of `hypothesis` against `references` under these document frequencies.
     pub fn score(&self, hypothesis: &[String], references: &[Vec<String>]) -> f64 {
-        let idf = |gram: &[String]| self.log_images - self.df.get(gram).copied().unwrap_or(0.0).max(1.0).ln();
-        score_against(hypothesis, references, &idf)
+        score_against(hypothesis, references, &|gram| self.idf(gram))
     }
 
     /// Consensus re-ranking (minimum Bayes risk with a CIDEr-D utility, uniform weights):
@@ -86,20 +95,16 @@ impl CorpusIdf {
     /// candidates and every caption of `evidence` (e.g. samples of the same model), the
     /// first on a tie; 0 when a candidate has nothing to be compared with.
     pub fn consensus(&self, candidates: &[Vec<String>], evidence: &[Vec<String>]) -> usize {
+        if candidates.len() + evidence.len() < 2 {
+            return 0;
+        }
+        // Each caption's vectors once; candidate i is scored against the others in order.
+        let idf = |gram: &[String]| self.idf(gram);
+        let all: Vec<Vectors> = candidates.iter().chain(evidence).map(|c| vectors(c, &idf)).collect();
         let mut best = (0, f64::NEG_INFINITY);
-        for (i, candidate) in candidates.iter().enumerate() {
-            let others: Vec<Vec<String>> = candidates
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(_, c)| c)
-                .chain(evidence)
-                .cloned()
-                .collect();
-            if others.is_empty() {
-                return 0;
-            }
-            let score = self.score(candidate, &others);
+        for (i, candidate) in all[..candidates.len()].iter().enumerate() {
+            let others = all.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, v)| v);
+            let score = score_vectors(candidate, others);
             if score > best.1 {
                 best = (i, score);
             }

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::model::data::{caption_text, Vocab};
-use crate::model::decode::{beam_search, beam_search_ranked, greedy, sample, DecodeOptions, Hypothesis};
+use crate::model::decode::{beam_search, beam_search_ranked, greedy, sample_from, DecodeOptions, Hypothesis};
 use crate::model::decoder::{Ensemble, ModelConfig, StepDecoder};
 use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
 use pipe::stages::caption::{CaptionParams, DecoderKind, Rerank};
@@ -154,8 +154,15 @@ impl CaptionModel {
     ) -> Result<Vec<Vec<Hypothesis>>> {
         tch::manual_seed(seed);
         self.decode_batches(features, settings, |decoder, batch, opts| {
-            let repeated = batch.repeat_interleave_self_int(per_image as i64, Some(0), None);
-            let samples = sample(decoder, &repeated, opts)?;
+            // Each image encoded once, its start state repeated per sample (as scst does).
+            let images = batch.size()[0];
+            let repeat = Tensor::arange(images, (Kind::Int64, batch.device())).repeat_interleave_self_int(
+                per_image as i64,
+                Some(0),
+                None,
+            );
+            let started = tch::no_grad(|| decoder.start(batch).select(&repeat));
+            let samples = sample_from(decoder, started, images as usize * per_image, batch.device(), opts)?;
             Ok(samples
                 .chunks(per_image.max(1))
                 .map(|chunk| chunk.iter().map(|(h, _)| h.clone()).collect())

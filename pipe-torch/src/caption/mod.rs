@@ -243,9 +243,8 @@ fn train_idf(tokens: &TokenTable) -> Result<CorpusIdf> {
         !by_image.is_empty(),
         "rerank: consensus takes its document frequencies from the `{RERANK_IDF_SPLIT}` captions, and the tokens input has none"
     );
-    let mut references: Vec<(&str, Vec<Vec<String>>)> = by_image.into_iter().collect();
-    references.sort_unstable_by_key(|(image, _)| *image);
-    Ok(CorpusIdf::new(&references.into_iter().map(|(_, refs)| refs).collect::<Vec<_>>()))
+    // Document frequencies are counts, so the images' order does not matter.
+    Ok(CorpusIdf::new(&by_image.into_values().collect::<Vec<_>>()))
 }
 
 fn id_words(ids: &[i64]) -> Vec<String> {
