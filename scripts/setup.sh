@@ -23,3 +23,7 @@ if [ ! -f data/models/efficientnet_lite0_grid/model.pt ]; then
   echo "setup: exporting EfficientNet-Lite0's 7x7 feature grid to data/models/efficientnet_lite0_grid"
   .venv/bin/python scripts/export_backbone.py --output grid
 fi
+if [ ! -f data/models/efficientnet_lite0_trunk/head.pt ]; then
+  echo "setup: exporting EfficientNet-Lite0 split before its last block (trunk + head.pt, for fine-tuning)"
+  .venv/bin/python scripts/export_backbone.py --output trunk
+fi

@@ -7,8 +7,8 @@ use std::process::Command;
 
 mod common;
 use common::{
-    add_archive_caption_stage, alive, chromium, link_grid_backbone, lock_without_timings, output_hashes,
-    pipe, project, repo, worker_of,
+    add_archive_caption_stage, alive, chromium, link_grid_backbone, link_trunk_backbone,
+    lock_without_timings, output_hashes, pipe, project, repo, worker_of,
 };
 
 /// Smaller than the default so the suite stays inside the CI budget on 2 cores.
@@ -217,6 +217,74 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
             "{line}"
         );
     }
+}
+
+/// The attention pipeline over the trunk backbone, fine-tuning its last block with the
+/// decoder: it learns; the trained head is written beside the decoder and differs from the
+/// exported one; scst and `pipe caption` run through it; and a changed `head_lr` reruns
+/// exactly the stages from train on.
+#[test]
+fn fine_tuning_the_backbone_head_learns_and_every_later_stage_runs_through_it() {
+    let dir = project();
+    let root = dir.path();
+    link_trunk_backbone(root);
+    fs::create_dir_all(root.join("pipelines")).unwrap();
+    let attention = fs::read_to_string(repo().join("pipelines/attention.yaml")).unwrap();
+    let trunk = "data/models/efficientnet_lite0_trunk";
+    let yaml = attention.replace("data/models/efficientnet_lite0_grid", trunk).replace(
+        "      features: features/features.arrow\n    params:\n      decoder: attention",
+        &format!("      features: features/features.arrow\n      head: {trunk}\n    params:\n      head_lr: 1.0e-4\n      decoder: attention"),
+    );
+    assert!(
+        yaml.contains("head_lr") && yaml.contains("backbone: data/models/efficientnet_lite0_trunk"),
+        "{yaml}"
+    );
+    fs::write(root.join("pipelines/head.yaml"), yaml).unwrap();
+    let small = [
+        "-S",
+        "synth.images=400",
+        "-S",
+        "train.epochs=10",
+        "-S",
+        "scst.epochs=1",
+        "-S",
+        "caption.beam_width=3",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-f", "pipelines/head.yaml", "run"];
+        args.extend_from_slice(&small);
+        args.extend_from_slice(extra);
+        pipe(root, &args)
+    };
+
+    let first = run(&[]);
+    assert_eq!(ran_stages(&first).len(), 9, "{first}");
+    assert!(first.contains("7x7 grid of 192-d cells through a backbone head to 1280-d"), "{first}");
+    let out = root.join("data/out/head");
+    let exported = fs::read(repo().join(trunk).join("head.pt")).unwrap();
+    for stage in ["train", "scst"] {
+        let head = fs::read(out.join(stage).join("head.pt")).unwrap();
+        assert_ne!(head, exported, "{stage} wrote the fine-tuned head");
+        assert!(out.join(stage).join("head.json").exists());
+    }
+    let m = metrics_of(&out);
+    let (bleu4, baseline4) = (m["bleu_4"].as_f64().unwrap(), m["baseline"]["bleu"][3].as_f64().unwrap());
+    eprintln!("fine-tuned head: test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
+    assert!(bleu4 > baseline4 + 0.05, "BLEU-4 {bleu4} does not beat the baseline {baseline4}");
+
+    assert!(run(&[]).contains("9 stages: 0 ran, 9 cached"));
+    let changed = run(&["-S", "train.head_lr=5.0e-5"]);
+    assert_eq!(ran_stages(&changed), ["train", "scst", "caption", "score", "report"], "{changed}");
+
+    // `pipe caption` runs the trunk backbone, then the model's own head, on a new image.
+    let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
+    let captioned = pipe(root, &["-f", "pipelines/head.yaml", "caption", image.to_str().unwrap()]);
+    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
+    assert!(line.split('\t').nth(1).is_some_and(|c| c.split_whitespace().count() >= 3), "{line}");
+}
+
+fn metrics_of(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(out.join("score/metrics.json")).unwrap()).unwrap()
 }
 
 fn git(root: &Path, args: &[&str]) {

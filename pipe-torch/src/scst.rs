@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
-use tch::{nn, Device, Tensor};
+use anyhow::{anyhow, bail, Context, Result};
+use tch::{Device, Tensor};
 
+use crate::model::artifact::{save_weights, TrainedModel};
 use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{caption_text, FeatureTable, TokenTable, Vocab};
 use crate::model::decode::{greedy, DecodeOptions};
-use crate::model::decoder::{CaptionDecoder, ModelConfig};
+use crate::model::decoder::CaptionDecoder;
 use crate::model::scst::{train_scst, ScstImages};
 use pipe::contract::files::{
     artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, REFERENCE_CAPTIONS_FILE, TOKENS_FILE,
-    VOCAB_FILE, WEIGHTS_FILE,
+    VOCAB_FILE,
 };
 use pipe::data::split::Split;
 use pipe::metrics::cider::CiderReward;
@@ -35,7 +36,11 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     tch::set_num_threads(ThreadPlan::new(0, device).torch as i32);
     let model_dir = ctx.input("model")?;
     let config_path = model_dir.join(MODEL_CONFIG_FILE);
-    let config = ModelConfig::read(&config_path)?;
+    let TrainedModel { mut vs, config, decoder: model, head } =
+        crate::model::artifact::load(model_dir, device, params.head_lr.is_some())?;
+    if head.is_none() && params.head_lr.is_some() {
+        bail!("`head_lr` is set, but the model in {} has no backbone head to train", model_dir.display());
+    }
     let vocab_path = artifact(ctx.input("vocab")?, VOCAB_FILE);
     let vocab = Vocab::load(&vocab_path)?;
     anyhow::ensure!(
@@ -65,10 +70,6 @@ pub fn run(ctx: &StageContext) -> Result<()> {
     let tokenized = metrics::tokenize(&train.caption_sets(), Convention::Coco);
     let reward = CiderReward::new(tokenized.into_iter().map(|set| set.references).collect());
 
-    let mut vs = nn::VarStore::new(device);
-    let model = config.build(vs.root());
-    let weights = model_dir.join(WEIGHTS_FILE);
-    vs.load(&weights).with_context(|| format!("loading {}", weights.display()))?;
     let f = &vocab.file;
     let decode = DecodeOptions {
         start_id: f.start_id as i64,
@@ -104,9 +105,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             history.start_dev_cider_d
         ),
     });
-    vs.set_device(Device::Cpu);
-    let out = ctx.output(WEIGHTS_FILE);
-    vs.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    save_weights(&mut vs, head.as_deref(), &ctx.out_dir)?;
     // The same decoder and sizes as the model it started from.
     let config_bytes =
         std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?;

@@ -1,19 +1,22 @@
 //! The training behind the `train` kind (params, inputs and outputs: `pipe::stages::train`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use tch::{nn, Device, Kind};
 
+use crate::model::artifact::save_weights;
 use crate::model::backbone::{ResolveDevice, ThreadPlan};
 use crate::model::data::{load_word_vectors, FeatureTable, TokenTable, Vocab};
 use crate::model::decoder::{
     AttentionConfig, CaptionDecoder, CnnConfig, DecoderConfig, ModelConfig, TransformerConfig,
 };
+use crate::model::head::{BackboneHead, HeadConfig, WithHead};
 use crate::model::train::{train, EpochRecord, History, TrainMonitor, TrainOptions};
 use pipe::contract::files::{
-    artifact, FEATURES_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, TOKENS_FILE, VOCAB_FILE, WEIGHTS_FILE,
+    artifact, FEATURES_FILE, HEAD_CONFIG_FILE, HISTORY_FILE, MODEL_CONFIG_FILE, TOKENS_FILE, VOCAB_FILE,
 };
 use pipe::stages::train::{
     Decoder, TrainParams, DEFAULT_ALPHA_C, DEFAULT_ATTENTION_DIM, DEFAULT_HEADS, DEFAULT_LAYERS,
@@ -32,6 +35,7 @@ pub fn run(ctx: &StageContext) -> Result<()> {
             .optional_input("embeddings")
             .map(Path::to_path_buf)
             .or_else(|| params.glove.as_ref().map(|g| ctx.workspace.join(g))),
+        head: ctx.optional_input("head").map(Path::to_path_buf),
     };
     let mut monitor = StageMonitor { ctx, bar: None, max_epochs: params.epochs };
     let history = run_training(&inputs, &params, &ctx.out_dir, &mut monitor, &|line| ctx.log(line))?;
@@ -73,6 +77,7 @@ fn options(params: &TrainParams, device: Device) -> TrainOptions {
         label_smoothing: params.label_smoothing,
         bucket_batches: params.bucket_batches,
         group_by_image: params.decoder.reads_grid(),
+        head_lr: params.head_lr,
         seed: params.seed,
         device,
     }
@@ -84,6 +89,8 @@ pub struct TrainInputs {
     pub vocab: PathBuf,
     pub features: PathBuf,
     pub embeddings: Option<PathBuf>,
+    /// A trunk backbone's folder, whose `head.pt` is fine-tuned (with `head_lr`).
+    pub head: Option<PathBuf>,
 }
 
 /// Loads the inputs, trains, and writes the three outputs into `out_dir`.
@@ -109,10 +116,22 @@ pub fn run_training(
     if dev_set.is_empty() {
         log(format!("no `{}` captions: early stopping watches the train loss", params.dev_split));
     }
-    let cfg = model_config(params, &features, vocab.len() as i64, max_len as i64, pad)
+    let head_dir = match (&inputs.head, params.head_lr) {
+        (Some(dir), Some(_)) => Some(dir.as_path()),
+        (None, None) => None,
+        (Some(dir), None) => bail!("input `head` ({}) is set but `head_lr` is not: set both to fine-tune the backbone head", dir.display()),
+        (None, Some(_)) => bail!("`head_lr` is set but there is no `head` input (a backbone folder from `scripts/export_backbone.py --output trunk`)"),
+    };
+    let head_config = head_dir.map(|dir| HeadConfig::read(&dir.join(HEAD_CONFIG_FILE))).transpose()?;
+    let shape = match &head_config {
+        None => DecoderInput::of(&features),
+        Some(head) => DecoderInput::through(head, &features)
+            .with_context(|| format!("features {}", inputs.features.display()))?,
+    };
+    let cfg = model_config(params, &shape, vocab.len() as i64, max_len as i64, pad)
         .with_context(|| format!("features {}", inputs.features.display()))?;
     log(format!(
-        "{} decoder: {} train / {} dev captions, vocabulary {}, features {}, on {device:?}",
+        "{} decoder: {} train / {} dev captions, vocabulary {}, features {}{}, on {device:?}",
         cfg.name(),
         train_set.len(),
         dev_set.len(),
@@ -120,15 +139,24 @@ pub fn run_training(
         match features.grid {
             Some([h, w]) => format!("{h}x{w} grid of {}-d cells", features.dim()),
             None => format!("{}-d", features.dim()),
+        },
+        match (&head_config, params.head_lr) {
+            (Some(head), Some(lr)) => format!(" through a backbone head to {}-d (lr {lr:e})", head.output[1]),
+            _ => String::new(),
         }
     ));
     tch::manual_seed(params.seed as i64);
     let mut vs = nn::VarStore::new(device);
-    let model = cfg.build(vs.root());
+    let decoder = cfg.build(vs.root());
     if let Some(path) = &inputs.embeddings {
-        let hits = set_word_vectors(model.as_ref(), path, &vocab, params.freeze_embeddings)?;
+        let hits = set_word_vectors(decoder.as_ref(), path, &vocab, params.freeze_embeddings)?;
         log(format!("{hits} of {} words have pretrained vectors ({})", vocab.len(), path.display()));
     }
+    let head = head_dir.map(|dir| BackboneHead::load(dir, &vs, true).map(Arc::new)).transpose()?;
+    let model: Box<dyn CaptionDecoder> = match &head {
+        Some(head) => Box::new(WithHead { head: head.clone(), decoder }),
+        None => decoder,
+    };
     let history = train(
         model.as_ref(),
         &vs,
@@ -138,14 +166,46 @@ pub fn run_training(
         &options(params, device),
         monitor,
     )?;
-    save_model(&mut vs, &cfg, &history, out_dir)?;
+    save_model(&mut vs, head.as_deref(), &cfg, &history, out_dir)?;
     Ok(history)
+}
+
+/// What the decoder reads per image: the feature table's cells, or the backbone head's.
+struct DecoderInput {
+    dim: i64,
+    cells: i64,
+    grid: Option<[i64; 2]>,
+}
+
+impl DecoderInput {
+    fn of(features: &FeatureTable) -> Self {
+        Self { dim: features.dim(), cells: features.cells(), grid: features.grid.map(|g| g.map(i64::from)) }
+    }
+
+    /// The head's output, after checking that it reads the table's cells.
+    fn through(head: &HeadConfig, features: &FeatureTable) -> Result<Self> {
+        let [cells, dim] = head.input;
+        if features.grid.is_none() || features.cells() != cells || features.dim() != dim {
+            bail!(
+                "the backbone head reads grids of {cells} cells × {dim}, but the features are {} \
+                 (a features stage on the trunk backbone exported with the head)",
+                match features.grid {
+                    Some([h, w]) => format!("a {h}x{w} grid of {}-d cells", features.dim()),
+                    None => format!("pooled {}-d vectors", features.dim()),
+                }
+            );
+        }
+        let [out_cells, out_dim] = head.output;
+        // The head keeps the grid when it keeps the number of cells (its blocks do not stride).
+        let grid = (out_cells == cells).then(|| features.grid.map(|g| g.map(i64::from))).flatten();
+        Ok(Self { dim: out_dim, cells: out_cells, grid })
+    }
 }
 
 /// The decoder's config from the params and what the inputs hold.
 fn model_config(
     params: &TrainParams,
-    features: &FeatureTable,
+    features: &DecoderInput,
     vocab_size: i64,
     max_len: i64,
     pad_id: i64,
@@ -153,7 +213,7 @@ fn model_config(
     Ok(match params.decoder {
         Decoder::Merge => ModelConfig::Merge(DecoderConfig {
             vocab_size,
-            feature_dim: features.dim(),
+            feature_dim: features.dim,
             embed: params.embed,
             hidden: params.hidden,
             dense: params.dense,
@@ -163,7 +223,7 @@ fn model_config(
         }),
         Decoder::Cnn => ModelConfig::Cnn(CnnConfig {
             vocab_size,
-            feature_dim: features.dim(),
+            feature_dim: features.dim,
             embed: params.embed,
             filters: params.hidden,
             dense: params.dense,
@@ -173,7 +233,7 @@ fn model_config(
         }),
         Decoder::Transformer => ModelConfig::Transformer(TransformerConfig {
             vocab_size,
-            feature_dim: features.dim(),
+            feature_dim: features.dim,
             grid: grid_shape(params.decoder, features)?,
             embed: params.embed,
             width: params.hidden,
@@ -187,8 +247,8 @@ fn model_config(
             grid_shape(params.decoder, features)?;
             ModelConfig::Attention(AttentionConfig {
                 vocab_size,
-                feature_dim: features.dim(),
-                cells: features.cells(),
+                feature_dim: features.dim,
+                cells: features.cells,
                 embed: params.embed,
                 hidden: params.hidden,
                 attention: params.attention_dim.unwrap_or(DEFAULT_ATTENTION_DIM),
@@ -203,7 +263,7 @@ fn model_config(
 
 /// The grid (rows, columns) of the features a grid decoder reads; an error that says how
 /// to get one when they are pooled.
-fn grid_shape(decoder: Decoder, features: &FeatureTable) -> Result<[i64; 2]> {
+fn grid_shape(decoder: Decoder, features: &DecoderInput) -> Result<[i64; 2]> {
     let Some(grid) = features.grid else {
         bail!(
             "`decoder: {}` needs grid features: set `output: grid` on the features stage \
@@ -211,7 +271,7 @@ fn grid_shape(decoder: Decoder, features: &FeatureTable) -> Result<[i64; 2]> {
             serde_json::to_value(decoder)?.as_str().unwrap_or_default()
         );
     };
-    Ok(grid.map(i64::from))
+    Ok(grid)
 }
 
 /// Copies pretrained vectors into the embedding; frozen ones get no gradient (Adam skips them).
@@ -228,10 +288,14 @@ fn set_word_vectors(model: &dyn CaptionDecoder, path: &Path, vocab: &Vocab, free
     Ok(hits)
 }
 
-fn save_model(vs: &mut nn::VarStore, cfg: &ModelConfig, history: &History, out_dir: &Path) -> Result<()> {
-    vs.set_device(Device::Cpu);
-    let weights = out_dir.join(WEIGHTS_FILE);
-    vs.save(&weights).with_context(|| format!("writing {}", weights.display()))?;
+fn save_model(
+    vs: &mut nn::VarStore,
+    head: Option<&BackboneHead>,
+    cfg: &ModelConfig,
+    history: &History,
+    out_dir: &Path,
+) -> Result<()> {
+    save_weights(vs, head, out_dir)?;
     let config_path = out_dir.join(MODEL_CONFIG_FILE);
     match cfg {
         // The struct itself, so a merge model.json keeps its field order and bytes.

@@ -21,6 +21,7 @@ use pipe::metrics::Convention;
 use pipe::stages::ingest::IngestReport;
 use pipe::stages::score::{Baseline, MetricsReport};
 use pipe_torch::model::decoder::{AttentionConfig, DecoderConfig, ModelConfig};
+use pipe_torch::model::head::HeadConfig;
 use pipe_torch::model::scst::{ScstEpoch, ScstHistory};
 use pipe_torch::model::train::{EpochRecord, History};
 
@@ -125,6 +126,7 @@ fn schemas() -> String {
         }],
         best_epoch: 1,
     };
+    let head = HeadConfig { input: [49, 192], output: [49, 1280], blocks: Some(1) };
     let maps = AttentionMaps {
         grid: [7, 7],
         images: vec![ImageAttention {
@@ -145,6 +147,7 @@ fn schemas() -> String {
         (MODEL_CONFIG_FILE, "train (merge)", json(&decoder)),
         (MODEL_CONFIG_FILE, "train (attention)", json(&attention_config)),
         (HISTORY_FILE, "train", json(&history)),
+        (HEAD_CONFIG_FILE, "train (`head_lr`), beside `head.pt`", json(&head)),
         (HISTORY_FILE, "scst", json(&scst_history)),
         (GENERATED_CAPTIONS_FILE, "caption", columns(&GENERATED_CAPTION_COLUMNS)),
         (SKIPPED_FILE, "caption (archive mode)", json(&skipped)),

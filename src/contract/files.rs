@@ -24,6 +24,13 @@ pub const MODEL_CONFIG_FILE: &str = "model.json";
 pub const HISTORY_FILE: &str = "history.json";
 /// What a trained model is (the outputs of `train` and `scst`, the input of `caption`).
 pub const MODEL_FILES: [&str; 3] = [WEIGHTS_FILE, MODEL_CONFIG_FILE, HISTORY_FILE];
+/// train with `head_lr`: the fine-tuned backbone head, TorchScript (also in the trunk
+/// backbone's folder that `scripts/export_backbone.py --output trunk` writes).
+pub const HEAD_MODULE_FILE: &str = "head.pt";
+/// The head's input and output cells: `{"input": [cells, dim], "output": [cells, dim]}`.
+pub const HEAD_CONFIG_FILE: &str = "head.json";
+/// What a model with a fine-tuned backbone head has besides [`MODEL_FILES`].
+pub const HEAD_FILES: [&str; 2] = [HEAD_MODULE_FILE, HEAD_CONFIG_FILE];
 /// caption: one generated caption per image (image, caption, log_prob).
 pub const GENERATED_CAPTIONS_FILE: &str = "captions.parquet";
 /// caption (`attention_maps: true`): per-word attention weights over the feature grid.

@@ -7,7 +7,8 @@
 //! reward compares with, tokenized as the `score` kind's coco convention does).
 //! Outputs: the three files of a `train` stage (`model.safetensors`, `model.json`,
 //! `history.json`), so a `caption` stage takes either; the history lists per epoch the mean
-//! sample reward and the dev CIDEr-D of greedy captions.
+//! sample reward and the dev CIDEr-D of greedy captions. A model with a fine-tuned backbone
+//! head keeps it: `head.pt` and `head.json` are copied, or trained further at `head_lr`.
 //!
 //! The training runs in the libtorch worker (`pipe-torch/src/scst.rs`).
 
@@ -49,6 +50,10 @@ pub struct ScstParams {
     pub device: DeviceChoice,
     pub train_split: String,
     pub dev_split: String,
+    /// For a model with a fine-tuned backbone head (`train`'s `head_lr`): keeps training
+    /// the head at this learning rate. Unset, the head stays as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_lr: Option<f64>,
 }
 
 impl Default for ScstParams {
@@ -65,6 +70,7 @@ impl Default for ScstParams {
             device: DeviceChoice::Auto,
             train_split: "train".into(),
             dev_split: "dev".into(),
+            head_lr: None,
         }
     }
 }
@@ -85,6 +91,12 @@ impl ScstParams {
         }
         if self.max_len.is_some_and(|n| n < 1) {
             bail!("max_len must be at least 1");
+        }
+        if self
+            .head_lr
+            .is_some_and(|lr| lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !lr.is_finite())
+        {
+            bail!("head_lr must be a positive number");
         }
         Ok(())
     }

@@ -7,8 +7,11 @@
 //! optionally `embeddings` (a GloVe/fastText text file, hashed like any input; the
 //! `glove` param is the unhashed alternative). Each input may be the file or the
 //! upstream stage's whole output directory.
+//! Optionally `head`: a backbone folder from `scripts/export_backbone.py --output trunk`,
+//! whose `head.pt` (the backbone's last blocks) is fine-tuned with the decoder at `head_lr`.
 //! Outputs: `model.safetensors`, `model.json` (the decoder config), `history.json`
-//! (per-epoch losses, learning rate and seconds: the benchmark figure).
+//! (per-epoch losses, learning rate and seconds: the benchmark figure), and with `head_lr`
+//! the fine-tuned `head.pt` and its `head.json`.
 //!
 //! The training itself runs in the libtorch worker (`pipe-torch/src/train.rs`).
 
@@ -17,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::contract::device::DeviceChoice;
-use crate::contract::files::MODEL_FILES;
+use crate::contract::files::{HEAD_FILES, MODEL_FILES};
 use crate::stages::TORCH_WORKER;
 use pipe_engine::stage::{normalize_typed, parse_params, Execution, InputSpec, Inputs, StageKind};
 
@@ -73,6 +76,11 @@ pub struct TrainParams {
     /// `transformer` only: attention heads (`hidden` must be a multiple of them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heads: Option<i64>,
+    /// Fine-tunes the backbone's last blocks at this learning rate: needs the `head` input
+    /// (a backbone exported with `scripts/export_backbone.py --output trunk`, whose trunk
+    /// the features stage ran), and adds `head.pt` and `head.json` to the outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_lr: Option<f64>,
 }
 
 /// The decoders the train kind fits (`pipe-torch/src/model/decoder/`).
@@ -136,6 +144,7 @@ impl Default for TrainParams {
             alpha_c: None,
             layers: None,
             heads: None,
+            head_lr: None,
         }
     }
 }
@@ -189,6 +198,12 @@ impl TrainParams {
         if self.max_len.is_some_and(|n| n < 2) {
             bail!("max_len must be at least 2 (startseq and endseq)");
         }
+        if self
+            .head_lr
+            .is_some_and(|lr| lr.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !lr.is_finite())
+        {
+            bail!("head_lr must be a positive number");
+        }
         Ok(())
     }
 }
@@ -218,12 +233,17 @@ impl StageKind for Train {
             InputSpec::required("vocab"),
             InputSpec::required("features"),
             InputSpec::optional("embeddings"),
+            InputSpec::optional("head"),
         ];
         Inputs::Named(INPUTS)
     }
 
-    fn outputs(&self, _params: &Value) -> Vec<String> {
-        MODEL_FILES.map(String::from).to_vec()
+    fn outputs(&self, params: &Value) -> Vec<String> {
+        let mut outputs = MODEL_FILES.map(String::from).to_vec();
+        if params.get("head_lr").is_some_and(|lr| !lr.is_null()) {
+            outputs.extend(HEAD_FILES.map(String::from));
+        }
+        outputs
     }
 
     fn execution(&self) -> Execution {
@@ -254,5 +274,13 @@ mod tests {
         let odd = serde_json::json!({"decoder": "transformer", "hidden": 100, "heads": 8});
         assert!(Train.normalize_params(&odd).unwrap_err().to_string().contains("multiple of heads"));
         assert!(Train.normalize_params(&serde_json::json!({"decoder": "cnn", "alpha_c": 1.0})).is_err());
+        assert!(v.get("head_lr").is_none(), "stages without a head keep their fingerprints");
+        let headed = Train.normalize_params(&serde_json::json!({"head_lr": 1e-4})).unwrap();
+        assert_eq!(headed["head_lr"], 1e-4);
+        assert!(Train.outputs(&headed).contains(&"head.pt".to_string()));
+        assert!(!Train.outputs(&v).contains(&"head.pt".to_string()));
+        for bad in [0.0, -1e-4] {
+            assert!(Train.normalize_params(&serde_json::json!({"head_lr": bad})).is_err(), "{bad}");
+        }
     }
 }

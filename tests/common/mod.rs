@@ -36,6 +36,12 @@ pub fn link_grid_backbone(root: &Path) {
     link_exported_model(root, "efficientnet_lite0_grid", "the grid backbone");
 }
 
+/// Links the exported Lite0 trunk and its head (`--output trunk`) into a project, for
+/// fine-tuning the backbone's last block.
+pub fn link_trunk_backbone(root: &Path) {
+    link_exported_model(root, "efficientnet_lite0_trunk", "the trunk backbone and its head");
+}
+
 /// Links the repository's `data/models/<name>` (which `make setup` exports as `what`) into
 /// the project's `data/models`.
 fn link_exported_model(root: &Path, name: &str, what: &str) {

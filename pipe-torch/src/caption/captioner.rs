@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::model::artifact;
 use crate::model::data::{caption_text, Vocab};
 use crate::model::decode::{beam_search, beam_search_ranked, greedy, sample_from, DecodeOptions, Hypothesis};
 use crate::model::decoder::{Ensemble, ModelConfig, StepDecoder};
-use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
 use pipe::stages::caption::{CaptionParams, DecoderKind, Rerank};
 
 /// How to decode, independent of where the features come from: the decoding half of
@@ -59,7 +59,7 @@ pub struct CaptionModel {
 }
 
 impl CaptionModel {
-    /// Loads `model_dir/{model.json, model.safetensors}` and the vocabulary onto `device`.
+    /// Loads the model in `model_dir` (see [`artifact`]) and the vocabulary onto `device`.
     pub fn load(model_dir: &Path, vocab_path: &Path, device: Device) -> Result<Self> {
         Self::load_ensemble(&[model_dir], vocab_path, device)
     }
@@ -71,7 +71,8 @@ impl CaptionModel {
         let (mut weights, mut configs, mut members) =
             (Vec::new(), Vec::new(), Vec::<Box<dyn StepDecoder>>::new());
         for dir in model_dirs {
-            let config = ModelConfig::read(&dir.join(MODEL_CONFIG_FILE))?;
+            let model = artifact::load(dir, device, false)?;
+            let config = model.config;
             if vocab.len() as i64 != config.vocab_size() {
                 bail!(
                     "{} has {} tokens but the model in {} was trained on {}",
@@ -81,11 +82,8 @@ impl CaptionModel {
                     config.vocab_size()
                 );
             }
-            let mut vs = nn::VarStore::new(device);
-            members.push(config.build(vs.root()));
-            let path = dir.join(WEIGHTS_FILE);
-            vs.load(&path).with_context(|| format!("loading {}", path.display()))?;
-            weights.push(vs);
+            members.push(model.decoder);
+            weights.push(model.vs);
             configs.push(config);
         }
         let decoder: Box<dyn StepDecoder> = match members.len() {

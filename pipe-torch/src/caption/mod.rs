@@ -400,6 +400,7 @@ mod tests {
             vocab: vocab_path.clone(),
             features: root.join("features.arrow"),
             embeddings: None,
+            head: None,
         };
         let _rng = crate::model::train::torch_rng_lock();
         let params = TrainParams {

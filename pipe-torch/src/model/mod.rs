@@ -1,9 +1,12 @@
-//! Models: the frozen image backbone and the caption decoder.
+//! Models: the image backbone (frozen, or its last blocks fine-tuned as a head) and the
+//! caption decoder.
 
+pub mod artifact;
 pub mod backbone;
 pub mod data;
 pub mod decode;
 pub mod decoder;
+pub mod head;
 pub mod optim;
 pub mod scst;
 pub mod train;

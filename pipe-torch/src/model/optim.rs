@@ -7,28 +7,41 @@ use anyhow::Result;
 
 /// The optimiser: Adam, fused on the CPU, torch's own elsewhere.
 pub(super) enum Stepper {
-    Torch(nn::Optimizer),
+    Torch(nn::Optimizer, Vec<f64>),
     Fused(FusedAdam),
 }
 
 impl Stepper {
-    pub(super) fn new(vs: &nn::VarStore, lr: f64) -> Result<Self> {
-        match FusedAdam::new(vs, lr) {
+    /// Adam over `vs`'s trainable variables at `lr`, those of var-store group g at
+    /// `lr × group_scales[g]` (1 for a group past the slice), e.g. a fine-tuned backbone
+    /// head at its own rate.
+    pub(super) fn new(vs: &nn::VarStore, lr: f64, group_scales: &[f64]) -> Result<Self> {
+        match FusedAdam::new(vs, lr, group_scales) {
             Some(fused) => Ok(Self::Fused(fused)),
-            None => Ok(Self::Torch(nn::Adam::default().build(vs, lr)?)),
+            None => {
+                let mut stepper = Self::Torch(nn::Adam::default().build(vs, lr)?, group_scales.to_vec());
+                stepper.set_lr(lr);
+                Ok(stepper)
+            }
         }
     }
 
+    /// Sets the base learning rate; each group keeps its scale.
     pub(super) fn set_lr(&mut self, lr: f64) {
         match self {
-            Self::Torch(opt) => opt.set_lr(lr),
+            Self::Torch(opt, scales) => {
+                opt.set_lr(lr);
+                for (group, scale) in scales.iter().enumerate() {
+                    opt.set_lr_group(group, lr * scale);
+                }
+            }
             Self::Fused(opt) => opt.lr = lr,
         }
     }
 
     pub(super) fn backward_step(&mut self, loss: &Tensor) {
         match self {
-            Self::Torch(opt) => opt.backward_step(loss),
+            Self::Torch(opt, _) => opt.backward_step(loss),
             Self::Fused(opt) => opt.backward_step(loss),
         }
     }
@@ -41,6 +54,8 @@ impl Stepper {
 /// training step. Used only when every variable is a contiguous f32 CPU tensor.
 pub struct FusedAdam {
     params: Vec<Tensor>,
+    /// Each parameter's learning-rate scale (its var-store group's).
+    scales: Vec<f64>,
     /// First and second moments, one buffer per parameter.
     moments: Vec<(Vec<f32>, Vec<f32>)>,
     pub lr: f64,
@@ -51,24 +66,29 @@ pub struct FusedAdam {
 const ADAM_CHUNK: usize = 1 << 15;
 
 impl FusedAdam {
-    pub fn new(vs: &nn::VarStore, lr: f64) -> Option<Self> {
-        let params = vs.trainable_variables();
+    pub fn new(vs: &nn::VarStore, lr: f64, group_scales: &[f64]) -> Option<Self> {
+        let (params, scales): (Vec<Tensor>, Vec<f64>) = {
+            let variables = vs.variables_.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let scale = |group: usize| group_scales.get(group).copied().unwrap_or(1.0);
+            variables.trainable_variables.iter().map(|v| (v.tensor.shallow_clone(), scale(v.group))).unzip()
+        };
         let fits = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
         if !params.iter().all(fits) {
             return None;
         }
         let moments = params.iter().map(|p| (vec![0f32; p.numel()], vec![0f32; p.numel()])).collect();
-        Some(Self { params, moments, lr, steps: 0 })
+        Some(Self { params, scales, moments, lr, steps: 0 })
     }
 
     pub fn backward_step(&mut self, loss: &Tensor) {
         loss.backward();
         self.steps += 1;
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let step_size = (self.lr / (1.0 - b1.powi(self.steps))) as f32;
+        let bias_correction1 = 1.0 - b1.powi(self.steps);
         let inv_bc2_sqrt = (1.0 / (1.0 - b2.powi(self.steps)).sqrt()) as f32;
-        let k = AdamConstants { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, step_size, inv_bc2_sqrt };
-        for (param, (m, v)) in self.params.iter().zip(self.moments.iter_mut()) {
+        for ((param, scale), (m, v)) in self.params.iter().zip(&self.scales).zip(self.moments.iter_mut()) {
+            let step_size = (self.lr * scale / bias_correction1) as f32;
+            let k = AdamConstants { b1: b1 as f32, b2: b2 as f32, eps: eps as f32, step_size, inv_bc2_sqrt };
             let grad = param.grad();
             if !grad.defined() || !grad.is_contiguous() || grad.kind() != Kind::Float {
                 continue; // frozen, or unused in this graph

@@ -25,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::decode::{banned_tokens, greedy, sample_from, DecodeOptions, Hypothesis};
 use super::decoder::CaptionDecoder;
 use super::optim::Stepper;
-use super::train::{restore, shuffle, snapshot};
+use super::train::{group_scales, restore, shuffle, snapshot};
 use pipe::metrics::cider::CiderReward;
 use pipe::stages::scst::{Baseline, ScstParams};
 
@@ -81,7 +81,7 @@ pub fn train_scst(
     }
     let device = vs.device();
     let features = features.to_device(device);
-    let mut opt = Stepper::new(vs, opts.lr)?;
+    let mut opt = Stepper::new(vs, opts.lr, &group_scales(opts.lr, opts.head_lr))?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     tch::manual_seed(opts.seed as i64);
     let started = Instant::now();
@@ -244,6 +244,7 @@ mod tests {
             label_smoothing: 0.0,
             bucket_batches: 1,
             group_by_image: true,
+            head_lr: None,
             seed: 0,
             device: Device::Cpu,
         };

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use super::decoder::CaptionDecoder;
+use super::head::HEAD_GROUP;
 use super::optim::{Plateau, Stepper};
 
 /// Captions ready for training: one padded token matrix and, per caption, its image's row
@@ -91,6 +92,9 @@ pub struct TrainOptions {
     /// random captions, so a decoder that encodes each image at length (attention over a
     /// grid) does it once per image rather than once per caption. Ignores `bucket_batches`.
     pub group_by_image: bool,
+    /// The learning rate of a fine-tuned backbone head (var-store group [`HEAD_GROUP`]); the
+    /// plateau schedule scales it with `lr`.
+    pub head_lr: Option<f64>,
     pub seed: u64,
     pub device: Device,
 }
@@ -180,7 +184,7 @@ pub fn train(
     let device = vs.device();
     let features = features.to_device(device);
     let (train_set, dev_set) = (train.to_device(device), dev.to_device(device));
-    let mut opt = Stepper::new(vs, opts.lr)?;
+    let mut opt = Stepper::new(vs, opts.lr, &group_scales(opts.lr, opts.head_lr))?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut plateau = Plateau::new(opts.lr, opts.lr_factor, opts.lr_patience);
     let (mut history, mut best, mut best_loss, mut bad) = (History::default(), None, f64::INFINITY, 0);
@@ -230,6 +234,19 @@ pub fn train(
         restore(vs, &best);
     }
     Ok(history)
+}
+
+/// Learning-rate scales per var-store group: the decoder's at `lr`, a backbone head's at
+/// `head_lr`.
+pub(crate) fn group_scales(lr: f64, head_lr: Option<f64>) -> Vec<f64> {
+    match head_lr {
+        Some(head_lr) => {
+            let mut scales = vec![1.0; HEAD_GROUP + 1];
+            scales[HEAD_GROUP] = head_lr / lr;
+            scales
+        }
+        None => Vec::new(),
+    }
 }
 
 /// Mean per-token cross-entropy (no smoothing, no dropout) of `set`.
@@ -470,6 +487,7 @@ mod tests {
             label_smoothing: 0.0,
             bucket_batches: 1,
             group_by_image: false,
+            head_lr: None,
             seed,
             device: Device::Cpu,
         };
@@ -537,6 +555,7 @@ mod tests {
             label_smoothing: 0.0,
             bucket_batches: 1,
             group_by_image,
+            head_lr: None,
             seed: 5,
             device: Device::Cpu,
         };
@@ -651,18 +670,23 @@ mod tests {
         assert!((grid as f64) < 1.1 * targets as f64, "padding {grid} vs {targets}");
     }
 
+    /// Also with a second var-store group at half the lr (as a backbone head trains): the
+    /// fused and torch optimisers agree, and the group's scale changes the result.
     #[test]
     fn fused_adam_matches_torch_adam() {
         let _rng = torch_rng_lock();
-        let run = |fused: bool| {
+        let run = |fused: bool, scales: &[f64]| {
             tch::manual_seed(3);
             let vs = nn::VarStore::new(Device::Cpu);
-            let model = MergeDecoder::new(&tiny_config(), vs.root());
+            let model = MergeDecoder::new(&tiny_config(), vs.root().set_group(HEAD_GROUP));
             let (features, set) = tiny_data();
             let mut opt = if fused {
-                Stepper::Fused(FusedAdam::new(&vs, 0.01).unwrap())
+                Stepper::Fused(FusedAdam::new(&vs, 0.01, scales).unwrap())
             } else {
-                Stepper::Torch(nn::Adam::default().build(&vs, 0.01).unwrap())
+                let mut torch =
+                    Stepper::Torch(nn::Adam::default().build(&vs, 0.01).unwrap(), scales.to_vec());
+                torch.set_lr(0.01);
+                torch
             };
             let plan = plan_epoch(&set, 5, Order::ByLength, Device::Cpu);
             for _ in 0..5 {
@@ -673,9 +697,15 @@ mod tests {
             w.sort_by(|a, b| a.0.cmp(&b.0));
             Tensor::cat(&w.iter().map(|(_, t)| t.reshape([-1])).collect::<Vec<_>>(), 0)
         };
-        let (a, b) = (run(true), run(false));
-        let diff = (a - b).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "max |fused − torch| = {diff}");
+        let half = group_scales(0.01, Some(0.005));
+        assert_eq!(half, [1.0, 0.5]);
+        for scales in [&[][..], &half] {
+            let (a, b) = (run(true, scales), run(false, scales));
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "scales {scales:?}: max |fused − torch| = {diff}");
+        }
+        let moved = (run(true, &[]) - run(true, &half)).abs().max().double_value(&[]);
+        assert!(moved > 1e-4, "half the lr gives other weights ({moved})");
     }
 
     #[test]

@@ -210,7 +210,7 @@ fn normalization(spec: &BackboneSpec, device: Device) -> (Tensor, Tensor) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::fs;
     use std::path::PathBuf;
 
@@ -240,8 +240,9 @@ mod tests {
     }
 
     /// Runs scripts/export_backbone.py with `args` and random weights (tests run offline)
-    /// into a temp dir, and loads the result; the dir lives as long as the returned guard.
-    fn export_random_weights(args: &[&str]) -> (tempfile::TempDir, Backbone) {
+    /// into a temp dir, which lives as long as the returned guard. The weights depend only
+    /// on the arch (the script seeds torch), so two exports of one arch share them.
+    pub(crate) fn export_random(args: &[&str]) -> tempfile::TempDir {
         let out = tempfile::tempdir().unwrap();
         let status = std::process::Command::new(repo_root().join(".venv/bin/python"))
             .arg(repo_root().join("scripts/export_backbone.py"))
@@ -251,9 +252,43 @@ mod tests {
             .status()
             .expect("run the set-up's python (make setup)");
         assert!(status.success(), "export_backbone.py {args:?} failed");
+        out
+    }
+
+    /// [`export_random`], loaded as a backbone.
+    fn export_random_weights(args: &[&str]) -> (tempfile::TempDir, Backbone) {
+        let out = export_random(args);
         tch::set_num_threads(2);
         let backbone = Backbone::load(out.path(), DeviceChoice::Cpu, Precision::Fp32).unwrap();
         (out, backbone)
+    }
+
+    /// `--output trunk` splits Lite0 before its last block: the trunk is a backbone whose
+    /// grid cells are 192-d, and its head turns them into the cells the grid export gives.
+    #[test]
+    fn a_trunk_export_and_its_head_give_the_grid_exports_features() {
+        use crate::model::head::BackboneHead;
+        let (_grid_dir, grid) = export_random_weights(&["--output", "grid", "--size", "64"]);
+        let (trunk_dir, trunk) = export_random_weights(&["--output", "trunk", "--size", "64"]);
+        assert_eq!(trunk.spec().grid, Some([2, 2]));
+        assert_eq!(trunk.row_len(), 4 * 192);
+        let photos = [photo("chelsea.png"), photo("coffee.png")];
+        let rows = |backbone: &Backbone| {
+            let (features, skipped) = backbone.extract_all(&photos, &ExtractOptions::default()).unwrap();
+            assert!(skipped.is_empty(), "{skipped:?}");
+            let flat: Vec<f32> = features.into_iter().flat_map(|f| f.unwrap()).collect();
+            Tensor::from_slice(&flat).view([2, -1])
+        };
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let head = BackboneHead::load(trunk_dir.path(), &vs, false).unwrap();
+        let through_head = tch::no_grad(|| head.forward(&rows(&trunk))).unwrap();
+        let whole = rows(&grid);
+        assert_eq!(through_head.size(), [2, 4 * 1280]);
+        let scale = whole.abs().max().double_value(&[]);
+        let diff = (&through_head - &whole).abs().max().double_value(&[]);
+        assert!(scale > 0.0 && diff <= 1e-4 * scale, "max |diff| {diff} against values up to {scale}");
+        let err = head.forward(&Tensor::zeros([1, 4 * 1280], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(err.to_string().contains("4 cells × 192"), "{err}");
     }
 
     /// The README's "other backbones" path: torchvision's ResNet50 exported by
