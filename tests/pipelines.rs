@@ -14,6 +14,7 @@ fn load(file: &str) -> Pipeline {
     for dir in [
         "data/models/efficientnet_lite0",
         "data/models/efficientnet_lite0_grid",
+        "data/models/efficientnet_lite0_trunk",
         "data/models/efficientnet_lite2_grid_224",
         "data/archive",
         "data/flickr8k/images",
@@ -76,6 +77,7 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
     let scst2 = load("pipelines/flickr8k-scst2.yaml");
     let transformer = load("pipelines/flickr8k-transformer.yaml");
     let ensemble = load("pipelines/flickr8k-ensemble.yaml");
+    let finetune = load("pipelines/flickr8k-finetune.yaml");
     let pairs = [
         ("train_attention_0", &scst2, "train"),
         ("scst_attention_0", &scst2, "scst"),
@@ -89,6 +91,10 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         ("train_transformer_0", &ensemble, "train_transformer"),
         ("scst_transformer_0", &ensemble, "scst_transformer"),
         ("caption_ensemble_0", &ensemble, "caption"),
+        ("train_attention_head_0", &finetune, "train"),
+        ("scst_attention_head_0", &finetune, "scst"),
+        ("scst_low_attention_head_0", &finetune, "scst_low"),
+        ("caption_attention_head_0", &finetune, "caption"),
     ];
     let dep_names =
         |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what scripts/gpu/quality.sh needs on a GPU machine into parts the device tool can
 # carry (at most 64 MiB a call, working tree included): the stripped and xz'd `pipe` and
-# `pipe-torch` built here, the Lite0 grid backbone, and Flickr8k's token and split files with
+# `pipe-torch` built here, the Lite0 grid backbone and trunk (with its head), and Flickr8k's token and split files with
 # the train and dev photos, as one tar split into .device/q0, .device/q1, …
 # Usage (repo root, after `make build`): scripts/gpu/pack.sh FLICKR8K_DIR
 # Then one device call per part, each within the machine's 30 s warm window of the last:
@@ -13,8 +13,9 @@ f8k=$(realpath "$1"); root=$(pwd); stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/models" "$stage/f8k"
 cp target/release/pipe target/release/pipe-torch "$stage/bin/"
 strip "$stage/bin/"*; xz -T0 -6 "$stage/bin/pipe" "$stage/bin/pipe-torch"
-mkdir -p "$stage/models/efficientnet_lite0_grid"
+mkdir -p "$stage/models/efficientnet_lite0_grid" "$stage/models/efficientnet_lite0_trunk"
 cp data/models/efficientnet_lite0_grid/{model.pt,backbone.json} "$stage/models/efficientnet_lite0_grid/"
+cp data/models/efficientnet_lite0_trunk/{model.pt,backbone.json,head.pt,head.json} "$stage/models/efficientnet_lite0_trunk/"
 cp "$f8k"/Flickr8k.token.txt "$f8k"/Flickr_8k.*Images.txt "$stage/f8k/"
 cp -r "$f8k/images" "$stage/f8k/images"
 tar cf "$stage.tar" -C "$stage" bin models f8k && rm -rf "$stage"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 12's quality runs on one GPU: scripts/gpu/flickr8k-quality.yaml (three seeds of the
 # attention model with two-phase scst, the transformer with scst, and their ensemble, also
-# captioned with consensus re-ranking), all trained at once with `pipe run -j JOBS`, then a
+# captioned with consensus re-ranking, and the attention model with the backbone's last
+# block fine-tuned), all trained at once with `pipe run -j JOBS`, then a
 # table of every score and its 3-seed mean.
 # Run from the repo root:
 #   scripts/gpu/quality.sh FLICKR8K_DIR WORKSPACE [PIPE RUN ARGS…]
 # FLICKR8K_DIR holds Flickr8k.token.txt, the split files and images/. WORKSPACE is made if
 # missing and reused if not, so a second call resumes where a stopped one left off (stages
 # are the unit: a stage cut short reruns). PIPE names the `pipe` binary (its worker
-# `pipe-torch` beside it); data/models must hold the exported Lite0 grid backbone.
+# `pipe-torch` beside it); data/models must hold the exported Lite0 grid backbone and trunk.
 # JOBS (default 9): stages at once. LIMIT (default none): seconds before the run is stopped
 # with SIGINT, so that the summary still prints inside a time budget.
 set -u
@@ -19,7 +20,7 @@ root=$(pwd); P=$(realpath "${PIPE:-$root/target/release/pipe}")
 f8k=$(realpath "$1"); w=$2; mkdir -p "$w"; w=$(realpath "$w")
 if [ ! -e "$w/pipeline.yaml" ]; then
   mkdir -p "$w/data/models" "$w/data/flickr8k"
-  cp -r "$root/data/models/efficientnet_lite0_grid" "$w/data/models/"
+  cp -r "$root/data/models/efficientnet_lite0_grid" "$root/data/models/efficientnet_lite0_trunk" "$w/data/models/"
   cp "$f8k"/Flickr8k.token.txt "$f8k"/Flickr_8k.*Images.txt "$w/data/flickr8k/"
   ln -s "$f8k/images" "$w/data/flickr8k/images"
 fi
@@ -51,7 +52,7 @@ for name in records:
 print("\nFlickr8k dev, beam 5, coco convention: BLEU-1 / BLEU-4 / CIDEr-D")
 for name, (b1, b4, c) in sorted(rows.items()):
     print(f"{name:22s} {b1:.4f} {b4:.4f} {c:.4f}")
-for model in ("attention", "transformer", "ensemble", "attention_consensus", "ensemble_consensus"):
+for model in ("attention", "transformer", "ensemble", "attention_consensus", "ensemble_consensus", "attention_head"):
     got = [v for k, v in rows.items() if re.fullmatch(f"score_{model}_[0-9]+", k)]
     if len(got) > 1:
         b4 = [g[1] for g in got]; c = [g[2] for g in got]

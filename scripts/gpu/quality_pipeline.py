@@ -1,6 +1,7 @@
 """Writes scripts/gpu/flickr8k-quality.yaml: three seeds of pipelines/flickr8k-scst2.yaml's
-attention model, of pipelines/flickr8k-transformer.yaml's, and of their ensemble, in one DAG.
-Pipeline files have no includes or loops, so the 52 stages are generated.
+attention model, of pipelines/flickr8k-transformer.yaml's, of their ensemble, and of
+pipelines/flickr8k-finetune.yaml's attention model with the backbone's last block
+fine-tuned, in one DAG. Pipeline files have no includes or loops, so the stages are generated.
 Run: python3 scripts/gpu/quality_pipeline.py > scripts/gpu/flickr8k-quality.yaml
 """
 seeds = [0, 1, 2]
@@ -10,7 +11,9 @@ w("""# Flickr8k issue-12 quality runs on one GPU, three seeds in one DAG so that
 # trains them at once: per seed, the attention model with two-phase scst
 # (pipelines/flickr8k-scst2.yaml), the transformer with scst (pipelines/flickr8k-transformer.yaml),
 # and their ensemble (pipelines/flickr8k-ensemble.yaml's caption stage over those two models);
-# the attention model and the ensembles are also captioned with consensus re-ranking.
+# the attention model and the ensembles are also captioned with consensus re-ranking; and
+# pipelines/flickr8k-finetune.yaml's attention model, which fine-tunes the backbone's last
+# block over the trunk's features (its `*_head_*` stages).
 # Each training stage has the kind, params and inputs of its counterpart in those files, so
 # their fingerprints agree (tests/pipelines.rs checks it; the caption stages here keep no
 # attention maps, as no report draws them). On one H200 the 40 stages without re-ranking
@@ -42,20 +45,29 @@ stages:
       manifest: ingest/images.parquet
       backbone: data/models/efficientnet_lite0_grid
     params: {device: "${device}", output: grid}
+
+  features_trunk:
+    kind: features
+    deps:
+      images: data/flickr8k/images
+      manifest: ingest/images.parquet
+      backbone: data/models/efficientnet_lite0_trunk
+    params: {device: "${device}", output: grid}
 """)
 INPUTS = """      vocab: tokenize/vocab.json
       features: features/features.arrow
       tokens: tokenize/tokens.parquet"""
+TRUNK_INPUTS = INPUTS.replace("features/", "features_trunk/")
 
 
-def scst(name, model, lr, epochs, patience, s):
+def scst(name, model, lr, epochs, patience, s, inputs=INPUTS):
     lr_part = f"lr: {lr}, " if lr else ""
     w(f"""
   {name}:
     kind: scst
     deps:
       model: {model}
-{INPUTS}
+{inputs}
       references: ingest/captions.parquet
     params: {{{lr_part}epochs: "${{{epochs}}}", patience: {patience}, seed: {s}, device: "${{device}}"}}
 """)
@@ -65,14 +77,14 @@ def scst(name, model, lr, epochs, patience, s):
 CONSENSUS = "beam_width: 20, rerank: consensus, rerank_samples: 20"
 
 
-def caption_score(name, models, decoding="beam_width: 5"):
+def caption_score(name, models, decoding="beam_width: 5", inputs=INPUTS):
     deps = "\n".join(f"      {k}: {m}" for k, m in models)
     w(f"""
   caption_{name}:
     kind: caption
     deps:
 {deps}
-{INPUTS}
+{inputs}
     params: {{split: "${{split}}", decoder: beam, {decoding}, length_norm: true, device: "${{device}}"}}
 
   score_{name}:
@@ -105,6 +117,19 @@ for s in seeds:
     params: {{decoder: transformer, embed: 256, hidden: 256, layers: 3, heads: 8, dropout: 0.3, lr: 4.0e-4, epochs: "${{epochs}}", patience: 3, seed: {s}, device: "${{device}}"}}
 """)
     scst(f"scst_transformer_{s}", f"train_transformer_{s}", None, "transformer_scst_epochs", 2, s)
+    w(f"""
+  train_attention_head_{s}:
+    kind: train
+    deps:
+      tokens: tokenize/tokens.parquet
+      vocab: tokenize/vocab.json
+      features: features_trunk/features.arrow
+      head: data/models/efficientnet_lite0_trunk
+    params: {{head_lr: 1.0e-4, decoder: attention, embed: 256, hidden: 512, attention_dim: 256, dropout: 0.5, lr: 4.0e-4, epochs: "${{epochs}}", patience: 3, seed: {s}, device: "${{device}}"}}
+""")
+    scst(f"scst_attention_head_{s}", f"train_attention_head_{s}", "2.0e-4", "scst_epochs", 3, s, TRUNK_INPUTS)
+    scst(f"scst_low_attention_head_{s}", f"scst_attention_head_{s}", "5.0e-5", "scst_low_epochs", 2, s, TRUNK_INPUTS)
+    caption_score(f"attention_head_{s}", [("model", f"scst_low_attention_head_{s}")], inputs=TRUNK_INPUTS)
     caption_score(f"attention_{s}", [("model", f"scst_low_attention_{s}")])
     caption_score(f"transformer_{s}", [("model", f"scst_transformer_{s}")])
     caption_score(f"ensemble_{s}", [("model", f"scst_low_attention_{s}"), ("model_2", f"scst_transformer_{s}")])
