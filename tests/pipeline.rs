@@ -30,7 +30,12 @@ fn ran_stages(output: &str) -> Vec<String> {
 }
 
 fn metrics(root: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(root.join("data/out/score/metrics.json")).unwrap()).unwrap()
+    metrics_of(&root.join("data/out"))
+}
+
+/// `score/metrics.json` of the pipeline whose outputs are in `out`.
+fn metrics_of(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(out.join("score/metrics.json")).unwrap()).unwrap()
 }
 
 #[test]
@@ -153,26 +158,11 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
     let root = dir.path();
     link_grid_backbone(root);
     fs::create_dir_all(root.join("pipelines")).unwrap();
-    let small = [
-        "-S",
-        "synth.images=400",
-        "-S",
-        "train.epochs=10",
-        "-S",
-        "scst.epochs=2",
-        "-S",
-        "caption.beam_width=3",
-    ];
     let downstream = ["train", "scst", "caption", "score", "report"];
     for (name, changed_param) in [("attention", "train.alpha_c=0.5"), ("transformer", "train.layers=1")] {
         let file = format!("pipelines/{name}.yaml");
         fs::copy(repo().join(&file), root.join(&file)).unwrap();
-        let run = |extra: &[&str]| {
-            let mut args = vec!["-f", file.as_str(), "run"];
-            args.extend_from_slice(&small);
-            args.extend_from_slice(extra);
-            pipe(root, &args)
-        };
+        let run = |extra: &[&str]| run_grid_pipeline(root, &file, extra);
 
         let first = run(&[]);
         if name == "attention" {
@@ -192,8 +182,7 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
         let scst: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(out.join("scst/history.json")).unwrap()).unwrap();
         assert_eq!(scst["epochs"].as_array().map(Vec::len), Some(2), "{scst}");
-        let m: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(out.join("score/metrics.json")).unwrap()).unwrap();
+        let m = metrics_of(&out);
         let (bleu4, baseline4) = (m["bleu_4"].as_f64().unwrap(), m["baseline"]["bleu"][3].as_f64().unwrap());
         eprintln!("{name}: test BLEU-4 {bleu4:.4} vs most-frequent-caption baseline {baseline4:.4}");
         assert!(bleu4 > baseline4 + 0.05, "{name}: BLEU-4 {bleu4} does not beat the baseline {baseline4}");
@@ -209,14 +198,29 @@ fn attention_and_transformer_pipelines_learn_from_grids_cache_and_rerun_only_dow
         assert_eq!(ran_stages(&changed), downstream, "{changed}");
 
         // `pipe caption` runs the model over the grid backbone on a new image file.
-        let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
-        let captioned = pipe(root, &["-f", file.as_str(), "caption", image.to_str().unwrap()]);
-        let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
-        assert!(
-            line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3),
-            "{line}"
-        );
+        assert_captions_an_image_file(root, &file, &out);
     }
+}
+
+/// The grid pipelines' CI size.
+const GRID_SMALL: &[&str] =
+    &["-S", "synth.images=400", "-S", "train.epochs=10", "-S", "scst.epochs=2", "-S", "caption.beam_width=3"];
+
+/// `pipe -f FILE run` at [`GRID_SMALL`] size, then `extra`.
+fn run_grid_pipeline(root: &Path, file: &str, extra: &[&str]) -> String {
+    let mut args = vec!["-f", file, "run"];
+    args.extend_from_slice(GRID_SMALL);
+    args.extend_from_slice(extra);
+    pipe(root, &args)
+}
+
+/// `pipe -f FILE caption` on one of the synthetic images in `out` gives a caption of three
+/// words or more.
+fn assert_captions_an_image_file(root: &Path, file: &str, out: &Path) {
+    let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
+    let captioned = pipe(root, &["-f", file, "caption", image.to_str().unwrap()]);
+    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
+    assert!(line.split('\t').nth(1).is_some_and(|caption| caption.split_whitespace().count() >= 3), "{line}");
 }
 
 /// The attention pipeline over the trunk backbone, fine-tuning its last block with the
@@ -240,22 +244,7 @@ fn fine_tuning_the_backbone_head_learns_and_every_later_stage_runs_through_it() 
         "{yaml}"
     );
     fs::write(root.join("pipelines/head.yaml"), yaml).unwrap();
-    let small = [
-        "-S",
-        "synth.images=400",
-        "-S",
-        "train.epochs=10",
-        "-S",
-        "scst.epochs=1",
-        "-S",
-        "caption.beam_width=3",
-    ];
-    let run = |extra: &[&str]| {
-        let mut args = vec!["-f", "pipelines/head.yaml", "run"];
-        args.extend_from_slice(&small);
-        args.extend_from_slice(extra);
-        pipe(root, &args)
-    };
+    let run = |extra: &[&str]| run_grid_pipeline(root, "pipelines/head.yaml", extra);
 
     let first = run(&[]);
     assert_eq!(ran_stages(&first).len(), 9, "{first}");
@@ -277,14 +266,7 @@ fn fine_tuning_the_backbone_head_learns_and_every_later_stage_runs_through_it() 
     assert_eq!(ran_stages(&changed), ["train", "scst", "caption", "score", "report"], "{changed}");
 
     // `pipe caption` runs the trunk backbone, then the model's own head, on a new image.
-    let image = out.join("synth/images").read_dir().unwrap().next().unwrap().unwrap().path();
-    let captioned = pipe(root, &["-f", "pipelines/head.yaml", "caption", image.to_str().unwrap()]);
-    let line = captioned.lines().find(|l| l.contains('\t')).unwrap_or_else(|| panic!("{captioned}"));
-    assert!(line.split('\t').nth(1).is_some_and(|c| c.split_whitespace().count() >= 3), "{line}");
-}
-
-fn metrics_of(out: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(out.join("score/metrics.json")).unwrap()).unwrap()
+    assert_captions_an_image_file(root, "pipelines/head.yaml", &out);
 }
 
 fn git(root: &Path, args: &[&str]) {

@@ -17,7 +17,6 @@ use tch::{nn, Kind, Tensor, TrainableCModule};
 
 use super::decoder::{CaptionDecoder, DecodeState, StepDecoder};
 use pipe::contract::files::{HEAD_CONFIG_FILE, HEAD_MODULE_FILE};
-use pipe_engine::fsutil::write_json_atomic;
 
 /// The optimiser group of the head's weights, which train at their own learning rate.
 pub const HEAD_GROUP: usize = 1;
@@ -107,13 +106,18 @@ impl BackboneHead {
         Ok(out.reshape([n, out_cells * out_dim]))
     }
 
-    /// Writes the head with its current weights, and its config, into `dir`.
+    /// Writes the head with its current weights, and its config, into `dir` (each through a
+    /// temporary name, so a reader never sees half a file).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(HEAD_MODULE_FILE);
-        let tmp = dir.join(format!(".{HEAD_MODULE_FILE}.tmp"));
-        self.module.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        write_json_atomic(&dir.join(HEAD_CONFIG_FILE), &self.config)
+        let config = serde_json::to_string_pretty(&self.config)? + "\n";
+        let write = |name: &str, write_to: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
+            let (tmp, path) = (dir.join(format!(".{name}.tmp")), dir.join(name));
+            write_to(&tmp)
+                .and_then(|()| Ok(std::fs::rename(&tmp, &path)?))
+                .with_context(|| format!("writing {}", path.display()))
+        };
+        write(HEAD_MODULE_FILE, &|tmp| Ok(self.module.save(tmp)?))?;
+        write(HEAD_CONFIG_FILE, &|tmp| Ok(std::fs::write(tmp, &config)?))
     }
 }
 
@@ -258,5 +262,19 @@ mod tests {
         let (b, _) = loaded.decoder.step(&tokens, &loaded.decoder.start(&theirs));
         assert!(a.allclose(&b, 1e-6, 1e-6, false));
         assert!(head_weights(&loaded.vs).equal(&head_weights(&vs)));
+    }
+
+    /// A head.json that does not parse, or that gives a zero size, is refused with its path.
+    #[test]
+    fn a_bad_head_json_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HEAD_CONFIG_FILE);
+        for bad in [r#"{"input": [49, 192]}"#, r#"{"input": [0, 192], "output": [49, 1280]}"#, "[1, 2"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = format!("{:#}", HeadConfig::read(&path).unwrap_err());
+            assert!(err.contains(&path.display().to_string()), "{bad}: {err}");
+        }
+        std::fs::write(&path, r#"{"input": [49, 192], "output": [49, 1280]}"#).unwrap();
+        assert_eq!(HeadConfig::read(&path).unwrap().input_width(), 49 * 192);
     }
 }
