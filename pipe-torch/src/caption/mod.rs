@@ -364,8 +364,9 @@ mod tests {
         std::os::unix::fs::symlink(&outside, dir.join("even/escape.png")).unwrap();
     }
 
-    /// Trains a tiny model on synthetic artifacts; returns (model dir, vocab path, data dir).
-    fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
+    /// Writes tiny synthetic training artifacts; returns the inputs, the model dir to train
+    /// into and the vocab path.
+    fn tiny_inputs(root: &Path) -> (TrainInputs, PathBuf, PathBuf) {
         use pipe::data::table::{u32_list_column, write_parquet};
         use polars::prelude::{Column, DataFrame};
         let vocab = crate::model::data::tests::vocab_of(&["dog", "cat", "runs", "sits", "red", "blue"]);
@@ -402,6 +403,12 @@ mod tests {
             embeddings: None,
             head: None,
         };
+        (inputs, model_dir, vocab_path)
+    }
+
+    /// Trains a tiny model on synthetic artifacts; returns (model dir, vocab path).
+    fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
+        let (inputs, model_dir, vocab_path) = tiny_inputs(root);
         let _rng = crate::model::train::torch_rng_lock();
         let params = TrainParams {
             embed: 16,
@@ -417,6 +424,26 @@ mod tests {
         };
         run_training(&inputs, &params, &model_dir, &mut Silent, &|_| ()).unwrap();
         (model_dir, vocab_path)
+    }
+
+    /// `head_lr` needs the `head` input and the other way round, and the head must read the
+    /// features' cells; each mistake is an error that says what to set.
+    #[test]
+    fn a_backbone_head_needs_head_lr_and_features_of_its_input_grid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut inputs, model_dir, _) = tiny_inputs(dir.path());
+        let train = |inputs: &TrainInputs, head_lr: Option<f64>| {
+            let params = TrainParams { epochs: 1, head_lr, device: DeviceChoice::Cpu, ..Default::default() };
+            format!("{:#}", run_training(inputs, &params, &model_dir, &mut Silent, &|_| ()).unwrap_err())
+        };
+        assert!(train(&inputs, Some(1e-4)).contains("there is no `head` input"));
+        let head = dir.path().join("head");
+        std::fs::create_dir_all(&head).unwrap();
+        std::fs::write(head.join("head.json"), r#"{"input": [49, 192], "output": [49, 1280]}"#).unwrap();
+        inputs.head = Some(head);
+        assert!(train(&inputs, None).contains("`head_lr` is not"));
+        let err = train(&inputs, Some(1e-4));
+        assert!(err.contains("reads grids of 49 cells × 192") && err.contains("pooled 8-d"), "{err}");
     }
 
     #[test]
