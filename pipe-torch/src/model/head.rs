@@ -17,6 +17,7 @@ use tch::{nn, Kind, Tensor, TrainableCModule};
 
 use super::decoder::{CaptionDecoder, DecodeState, StepDecoder};
 use pipe::contract::files::{HEAD_CONFIG_FILE, HEAD_MODULE_FILE};
+use pipe_engine::fsutil::write_json_atomic;
 
 /// The optimiser group of the head's weights, which train at their own learning rate.
 pub const HEAD_GROUP: usize = 1;
@@ -92,7 +93,7 @@ impl BackboneHead {
         let [cells, dim] = self.config.input;
         let (n, width) = (rows.size()[0], rows.size()[1]);
         ensure!(
-            width == cells * dim,
+            width == self.config.input_width(),
             "features are {width} wide, but the model's backbone head reads {cells} cells × {dim} \
              (the grid of the trunk backbone it was exported with)"
         );
@@ -106,18 +107,12 @@ impl BackboneHead {
         Ok(out.reshape([n, out_cells * out_dim]))
     }
 
-    /// Writes the head with its current weights, and its config, into `dir` (each through a
-    /// temporary name, so a reader never sees half a file).
+    /// Writes the head with its current weights, and its config, into `dir`: a stage's
+    /// output directory, which the store commits as a whole (as model.safetensors is written).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let config = serde_json::to_string_pretty(&self.config)? + "\n";
-        let write = |name: &str, write_to: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
-            let (tmp, path) = (dir.join(format!(".{name}.tmp")), dir.join(name));
-            write_to(&tmp)
-                .and_then(|()| Ok(std::fs::rename(&tmp, &path)?))
-                .with_context(|| format!("writing {}", path.display()))
-        };
-        write(HEAD_MODULE_FILE, &|tmp| Ok(self.module.save(tmp)?))?;
-        write(HEAD_CONFIG_FILE, &|tmp| Ok(std::fs::write(tmp, &config)?))
+        let path = dir.join(HEAD_MODULE_FILE);
+        self.module.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        write_json_atomic(&dir.join(HEAD_CONFIG_FILE), &self.config)
     }
 }
 
