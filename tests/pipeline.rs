@@ -399,13 +399,14 @@ fn killing_pipe_mid_stage_kills_its_worker_and_the_next_run_completes() {
 
 /// The Flickr8k pipelines, as the README tells users to run them, on a miniature data set
 /// in the official Flickr8k layout (the `synth` kind writes exactly that layout): first
-/// pipelines/flickr8k.yaml (attention over the grid, then scst), then the peer-comparable
-/// pipelines/flickr8k-merge.yaml, which finds ingest and tokenize in the store.
+/// pipelines/flickr8k.yaml (attention over the trunk with its last block fine-tuned, then
+/// scst), then the peer-comparable pipelines/flickr8k-merge.yaml, which finds ingest and
+/// tokenize in the store.
 #[test]
 fn flickr8k_pipelines_run_on_the_official_layout() {
     let dir = project();
     let root = dir.path();
-    link_grid_backbone(root);
+    link_trunk_backbone(root);
     fs::create_dir_all(root.join("pipelines")).unwrap();
     for file in ["pipelines/flickr8k.yaml", "pipelines/flickr8k-merge.yaml"] {
         fs::copy(repo().join(file), root.join(file)).unwrap();

@@ -78,6 +78,8 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
     let transformer = load("pipelines/flickr8k-transformer.yaml");
     let ensemble = load("pipelines/flickr8k-ensemble.yaml");
     let finetune = load("pipelines/flickr8k-finetune.yaml");
+    let flickr8k = load("pipelines/flickr8k.yaml");
+    let finetune_ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
     let pairs = [
         ("train_attention_0", &scst2, "train"),
         ("scst_attention_0", &scst2, "scst"),
@@ -95,6 +97,10 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         ("scst_attention_head_0", &finetune, "scst"),
         ("scst_low_attention_head_0", &finetune, "scst_low"),
         ("caption_attention_head_0", &finetune, "caption"),
+        ("train_ft_0", &flickr8k, "train"),
+        ("scst_ft_0", &flickr8k, "scst"),
+        ("caption_ft_0", &flickr8k, "caption"),
+        ("caption_ft_ensemble_0", &finetune_ensemble, "caption"),
     ];
     let dep_names =
         |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
@@ -110,5 +116,41 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         }
         assert_eq!(a.params, params, "{name} / {counterpart}: params differ");
         assert_eq!(dep_names(a), dep_names(b), "{name} / {counterpart}: deps differ");
+    }
+}
+
+/// Each member of `pipelines/flickr8k-finetune-ensemble.yaml` is `pipelines/flickr8k.yaml`'s
+/// model with its own seed, so that a workspace that ran flickr8k.yaml finds it cached.
+#[test]
+fn the_finetune_ensemble_members_are_the_flickr8k_model() {
+    let ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
+    let single = load("pipelines/flickr8k.yaml");
+    let deps = |s: &pipe_engine::spec::StageSpec| {
+        s.deps.iter().map(|d| (d.name.clone(), d.source.to_string())).collect::<Vec<_>>()
+    };
+    for name in ["ingest", "tokenize", "features", "train", "scst"] {
+        let (a, b) = (ensemble.stage(name).unwrap(), single.stage(name).unwrap());
+        assert_eq!(a.params, b.params, "{name}: params differ");
+        assert_eq!(deps(a), deps(b), "{name}: deps differ");
+    }
+    for (member, seed) in [("2", 1), ("3", 2)] {
+        for base in ["train", "scst"] {
+            let a = ensemble.stage(&format!("{base}_{member}")).unwrap();
+            let b = single.stage(base).unwrap();
+            assert_eq!(a.kind.name(), b.kind.name(), "{base}_{member}");
+            let mut params = b.params.clone();
+            params["seed"] = serde_json::json!(seed);
+            assert_eq!(a.params, params, "{base}_{member}: params differ beyond the seed");
+            let renamed = deps(a)
+                .into_iter()
+                .map(|(dep, source)| (dep, source.replace(&format!("train_{member}"), "train")))
+                .collect::<Vec<_>>();
+            assert_eq!(renamed, deps(b), "{base}_{member}: deps differ");
+        }
+    }
+    let members: Vec<_> =
+        ensemble.stage("caption").unwrap().deps.iter().map(|d| d.source.to_string()).collect();
+    for model in ["scst", "scst_2", "scst_3"] {
+        assert!(members.iter().any(|source| source == model), "caption lacks {model}: {members:?}");
     }
 }

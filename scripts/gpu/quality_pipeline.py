@@ -1,7 +1,9 @@
 """Writes scripts/gpu/flickr8k-quality.yaml: three seeds of pipelines/flickr8k-scst2.yaml's
 attention model, of pipelines/flickr8k-transformer.yaml's, of their ensemble, and of
 pipelines/flickr8k-finetune.yaml's attention model with the backbone's last block
-fine-tuned, in one DAG. Pipeline files have no includes or loops, so the stages are generated.
+fine-tuned; and nine seeds of pipelines/flickr8k.yaml's model, with three ensembles of three
+of them (pipelines/flickr8k-finetune-ensemble.yaml), in one DAG. Pipeline files have no
+includes or loops, so the stages are generated.
 Run: python3 scripts/gpu/quality_pipeline.py > scripts/gpu/flickr8k-quality.yaml
 """
 seeds = [0, 1, 2]
@@ -13,7 +15,10 @@ w("""# Flickr8k issue-12 quality runs on one GPU, three seeds in one DAG so that
 # and their ensemble (pipelines/flickr8k-ensemble.yaml's caption stage over those two models);
 # the attention model and the ensembles are also captioned with consensus re-ranking; and
 # pipelines/flickr8k-finetune.yaml's attention model, which fine-tunes the backbone's last
-# block over the trunk's features (its `*_head_*` stages).
+# block over the trunk's features (its `*_head_*` stages); and nine seeds of
+# pipelines/flickr8k.yaml's model (`*_ft_*`), with three disjoint ensembles of three of them
+# (pipelines/flickr8k-finetune-ensemble.yaml's caption stage; `*_ft_ensemble_*`). To run
+# only some, name their score stages, e.g. score_ft_ensemble_0 score_ft_ensemble_1.
 # Each training stage has the kind, params and inputs of its counterpart in those files, so
 # their fingerprints agree (tests/pipelines.rs checks it; the caption stages here keep no
 # attention maps, as no report draws them). On one H200 the 40 stages without re-ranking
@@ -27,6 +32,8 @@ params:
   scst_epochs: 8
   scst_low_epochs: 4
   transformer_scst_epochs: 5
+  ft_epochs: 8
+  ft_scst_epochs: 5
 
 stages:
   ingest:
@@ -139,6 +146,23 @@ for s in seeds:
         [("model", f"scst_low_attention_{s}"), ("model_2", f"scst_transformer_{s}")],
         CONSENSUS,
     )
+for k in range(9):
+    w(f"""
+  # pipelines/flickr8k.yaml, seed {k}
+  train_ft_{k}:
+    kind: train
+    deps:
+      tokens: tokenize/tokens.parquet
+      vocab: tokenize/vocab.json
+      features: features_trunk/features.arrow
+      head: data/models/efficientnet_lite0_trunk
+    params: {{head_lr: 1.0e-4, decoder: attention, embed: 256, hidden: 512, attention_dim: 256, dropout: 0.5, lr: 4.0e-4, epochs: "${{ft_epochs}}", patience: 3, seed: {k}, device: "${{device}}"}}
+""")
+    scst(f"scst_ft_{k}", f"train_ft_{k}", None, "ft_scst_epochs", 2, k, TRUNK_INPUTS)
+    caption_score(f"ft_{k}", [("model", f"scst_ft_{k}")], inputs=TRUNK_INPUTS)
+for s in seeds:
+    members = [(name, f"scst_ft_{3 * s + i}") for i, name in enumerate(["model", "model_2", "model_3"])]
+    caption_score(f"ft_ensemble_{s}", members, inputs=TRUNK_INPUTS)
 w("""
   # One figure, not a seed mean: all six models above in one ensemble.""")
 members = [f"scst_low_attention_{s}" for s in seeds] + [f"scst_transformer_{s}" for s in seeds]
