@@ -93,7 +93,7 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         ("train_transformer_0", &ensemble, "train_transformer"),
         ("scst_transformer_0", &ensemble, "scst_transformer"),
         ("caption_ensemble_0", &ensemble, "caption"),
-        ("train_attention_head_0", &finetune, "train"),
+        ("train_ft_0", &finetune, "train"),
         ("scst_attention_head_0", &finetune, "scst"),
         ("scst_low_attention_head_0", &finetune, "scst_low"),
         ("caption_attention_head_0", &finetune, "caption"),

@@ -14,11 +14,12 @@ w("""# Flickr8k issue-12 quality runs on one GPU, three seeds in one DAG so that
 # (pipelines/flickr8k-scst2.yaml), the transformer with scst (pipelines/flickr8k-transformer.yaml),
 # and their ensemble (pipelines/flickr8k-ensemble.yaml's caption stage over those two models);
 # the attention model and the ensembles are also captioned with consensus re-ranking; and
-# pipelines/flickr8k-finetune.yaml's attention model, which fine-tunes the backbone's last
-# block over the trunk's features (its `*_head_*` stages); and nine seeds of
-# pipelines/flickr8k.yaml's model (`*_ft_*`), with three disjoint ensembles of three of them
-# (pipelines/flickr8k-finetune-ensemble.yaml's caption stage; `*_ft_ensemble_*`). To run
-# only some, name their score stages, e.g. score_ft_ensemble_0 score_ft_ensemble_1.
+# nine seeds of pipelines/flickr8k.yaml's model, which fine-tunes the backbone's last block
+# over the trunk's features (`*_ft_*`), with three disjoint ensembles of three of them
+# (pipelines/flickr8k-finetune-ensemble.yaml's caption stage; `*_ft_ensemble_*`); and, on
+# seeds 0-2 of those, pipelines/flickr8k-finetune.yaml's two scst phases (`*_head_*`), alone
+# and in one ensemble. To run only some, name their score stages, e.g.
+# score_ft_ensemble_0 score_ft_ensemble_1 score_ft_ensemble_2.
 # Each training stage has the kind, params and inputs of its counterpart in those files, so
 # their fingerprints agree (tests/pipelines.rs checks it; the caption stages here keep no
 # attention maps, as no report draws them). On one H200 the 40 stages without re-ranking
@@ -124,17 +125,8 @@ for s in seeds:
     params: {{decoder: transformer, embed: 256, hidden: 256, layers: 3, heads: 8, dropout: 0.3, lr: 4.0e-4, epochs: "${{epochs}}", patience: 3, seed: {s}, device: "${{device}}"}}
 """)
     scst(f"scst_transformer_{s}", f"train_transformer_{s}", None, "transformer_scst_epochs", 2, s)
-    w(f"""
-  train_attention_head_{s}:
-    kind: train
-    deps:
-      tokens: tokenize/tokens.parquet
-      vocab: tokenize/vocab.json
-      features: features_trunk/features.arrow
-      head: data/models/efficientnet_lite0_trunk
-    params: {{head_lr: 1.0e-4, decoder: attention, embed: 256, hidden: 512, attention_dim: 256, dropout: 0.5, lr: 4.0e-4, epochs: "${{epochs}}", patience: 3, seed: {s}, device: "${{device}}"}}
-""")
-    scst(f"scst_attention_head_{s}", f"train_attention_head_{s}", "2.0e-4", "scst_epochs", 3, s, TRUNK_INPUTS)
+    # flickr8k-finetune.yaml trains flickr8k.yaml's model (train_ft_{s}, below), then two scst phases.
+    scst(f"scst_attention_head_{s}", f"train_ft_{s}", "2.0e-4", "scst_epochs", 3, s, TRUNK_INPUTS)
     scst(f"scst_low_attention_head_{s}", f"scst_attention_head_{s}", "5.0e-5", "scst_low_epochs", 2, s, TRUNK_INPUTS)
     caption_score(f"attention_head_{s}", [("model", f"scst_low_attention_head_{s}")], inputs=TRUNK_INPUTS)
     caption_score(f"attention_{s}", [("model", f"scst_low_attention_{s}")])
@@ -163,6 +155,9 @@ for k in range(9):
 for s in seeds:
     members = [(name, f"scst_ft_{3 * s + i}") for i, name in enumerate(["model", "model_2", "model_3"])]
     caption_score(f"ft_ensemble_{s}", members, inputs=TRUNK_INPUTS)
+w("""
+  # One figure, not a seed mean: flickr8k-finetune.yaml's three seeds in one ensemble.""")
+caption_score("attention_head_ensemble", [(name, f"scst_low_attention_head_{s}") for name, s in zip(["model", "model_2", "model_3"], seeds)], inputs=TRUNK_INPUTS)
 w("""
   # One figure, not a seed mean: all six models above in one ensemble.""")
 members = [f"scst_low_attention_{s}" for s in seeds] + [f"scst_transformer_{s}" for s in seeds]
