@@ -34,6 +34,11 @@ fn load(file: &str) -> Pipeline {
     spec::parse(root.path(), Path::new(file), &text, &registry, &[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A stage's inputs as (name, source) pairs.
+fn deps(stage: &pipe_engine::spec::StageSpec) -> Vec<(String, String)> {
+    stage.deps.iter().map(|d| (d.name.clone(), d.source.to_string())).collect()
+}
+
 #[test]
 fn every_shipped_pipeline_parses() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -61,9 +66,6 @@ fn the_archive_pipeline_reuses_the_default_model() {
         let (a, b) = (default.stage(name).unwrap(), archive.stage(name).unwrap());
         assert_eq!(a.kind.name(), b.kind.name(), "{name}");
         assert_eq!(a.params, b.params, "{name}: params differ, so the archive pipeline would retrain");
-        let deps = |s: &pipe_engine::spec::StageSpec| {
-            s.deps.iter().map(|d| (d.name.clone(), d.source.to_string())).collect::<Vec<_>>()
-        };
         assert_eq!(deps(a), deps(b), "{name}: deps differ");
     }
 }
@@ -125,9 +127,6 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
 fn the_finetune_ensemble_members_are_the_flickr8k_model() {
     let ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
     let single = load("pipelines/flickr8k.yaml");
-    let deps = |s: &pipe_engine::spec::StageSpec| {
-        s.deps.iter().map(|d| (d.name.clone(), d.source.to_string())).collect::<Vec<_>>()
-    };
     for name in ["ingest", "tokenize", "features", "train", "scst"] {
         let (a, b) = (ensemble.stage(name).unwrap(), single.stage(name).unwrap());
         assert_eq!(a.params, b.params, "{name}: params differ");

@@ -85,6 +85,11 @@ def scst(name, model, lr, epochs, patience, s, inputs=INPUTS):
 CONSENSUS = "beam_width: 20, rerank: consensus, rerank_samples: 20"
 
 
+def as_members(models):
+    """caption's dep names for an ensemble's models: model, model_2, model_3, …"""
+    return [("model" if i == 0 else f"model_{i + 1}", m) for i, m in enumerate(models)]
+
+
 def caption_score(name, models, decoding="beam_width: 5", inputs=INPUTS):
     deps = "\n".join(f"      {k}: {m}" for k, m in models)
     w(f"""
@@ -153,15 +158,14 @@ for k in range(9):
     scst(f"scst_ft_{k}", f"train_ft_{k}", None, "ft_scst_epochs", 2, k, TRUNK_INPUTS)
     caption_score(f"ft_{k}", [("model", f"scst_ft_{k}")], inputs=TRUNK_INPUTS)
 for s in seeds:
-    members = [(name, f"scst_ft_{3 * s + i}") for i, name in enumerate(["model", "model_2", "model_3"])]
-    caption_score(f"ft_ensemble_{s}", members, inputs=TRUNK_INPUTS)
+    caption_score(f"ft_ensemble_{s}", as_members([f"scst_ft_{3 * s + i}" for i in range(3)]), inputs=TRUNK_INPUTS)
 w("""
   # One figure, not a seed mean: flickr8k-finetune.yaml's three seeds in one ensemble.""")
-caption_score("attention_head_ensemble", [(name, f"scst_low_attention_head_{s}") for name, s in zip(["model", "model_2", "model_3"], seeds)], inputs=TRUNK_INPUTS)
+caption_score("attention_head_ensemble", as_members([f"scst_low_attention_head_{s}" for s in seeds]), inputs=TRUNK_INPUTS)
 w("""
   # One figure, not a seed mean: all six models above in one ensemble.""")
 members = [f"scst_low_attention_{s}" for s in seeds] + [f"scst_transformer_{s}" for s in seeds]
-all_members = [("model" if i == 0 else f"model_{i + 1}", m) for i, m in enumerate(members)]
+all_members = as_members(members)
 caption_score("ensemble_all", all_members)
 caption_score("ensemble_all_consensus", all_members, CONSENSUS)
 print("".join(out), end="")
