@@ -82,6 +82,7 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
     let finetune = load("pipelines/flickr8k-finetune.yaml");
     let flickr8k = load("pipelines/flickr8k.yaml");
     let finetune_ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
+    let finetune_pair = load("pipelines/flickr8k-finetune-pair.yaml");
     let pairs = [
         ("train_attention_0", &scst2, "train"),
         ("scst_attention_0", &scst2, "scst"),
@@ -103,6 +104,7 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
         ("scst_ft_0", &flickr8k, "scst"),
         ("caption_ft_0", &flickr8k, "caption"),
         ("caption_ft_ensemble_0", &finetune_ensemble, "caption"),
+        ("caption_attention_head_pair_0", &finetune_pair, "caption"),
     ];
     let dep_names =
         |s: &pipe_engine::spec::StageSpec| s.deps.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
@@ -121,35 +123,57 @@ fn the_gpu_quality_runs_train_the_shipped_flickr8k_models() {
     }
 }
 
-/// Each member of `pipelines/flickr8k-finetune-ensemble.yaml` is `pipelines/flickr8k.yaml`'s
-/// model with its own seed, so that a workspace that ran flickr8k.yaml finds it cached.
-#[test]
-fn the_finetune_ensemble_members_are_the_flickr8k_model() {
-    let ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
-    let single = load("pipelines/flickr8k.yaml");
-    for name in ["ingest", "tokenize", "features", "train", "scst"] {
+/// Checks that every member of an ensemble file is a single-model file's model with the
+/// member's own seed: the first member's stages (`bases`, and what they read) equal the single
+/// file's, and member `N`'s stages `{base}_N` equal them up to the seed and the renamed deps.
+/// So a workspace that ran the single file with a member's seed finds that member cached.
+fn assert_members_are(ensemble: &Pipeline, single: &Pipeline, bases: &[&str], seeds: &[(&str, i64)]) {
+    for name in ["ingest", "tokenize", "features"].iter().chain(bases) {
         let (a, b) = (ensemble.stage(name).unwrap(), single.stage(name).unwrap());
         assert_eq!(a.params, b.params, "{name}: params differ");
         assert_eq!(deps(a), deps(b), "{name}: deps differ");
     }
-    for (member, seed) in [("2", 1), ("3", 2)] {
-        for base in ["train", "scst"] {
+    for &(member, seed) in seeds {
+        let unsuffixed = |source: String| match source.strip_suffix(&format!("_{member}")) {
+            Some(base) if bases.contains(&base) => base.to_string(),
+            _ => source,
+        };
+        for base in bases {
             let a = ensemble.stage(&format!("{base}_{member}")).unwrap();
             let b = single.stage(base).unwrap();
             assert_eq!(a.kind.name(), b.kind.name(), "{base}_{member}");
             let mut params = b.params.clone();
             params["seed"] = serde_json::json!(seed);
             assert_eq!(a.params, params, "{base}_{member}: params differ beyond the seed");
-            let renamed = deps(a)
-                .into_iter()
-                .map(|(dep, source)| (dep, source.replace(&format!("train_{member}"), "train")))
-                .collect::<Vec<_>>();
+            let renamed =
+                deps(a).into_iter().map(|(dep, source)| (dep, unsuffixed(source))).collect::<Vec<_>>();
             assert_eq!(renamed, deps(b), "{base}_{member}: deps differ");
         }
     }
-    let members: Vec<_> =
-        ensemble.stage("caption").unwrap().deps.iter().map(|d| d.source.to_string()).collect();
-    for model in ["scst", "scst_2", "scst_3"] {
-        assert!(members.iter().any(|source| source == model), "caption lacks {model}: {members:?}");
-    }
+}
+
+/// The models a caption stage averages, by source.
+fn caption_models(pipeline: &Pipeline) -> Vec<String> {
+    let caption = pipeline.stage("caption").unwrap();
+    caption.deps.iter().filter(|d| d.name.starts_with("model")).map(|d| d.source.to_string()).collect()
+}
+
+/// `pipelines/flickr8k-finetune-ensemble.yaml` averages three of `pipelines/flickr8k.yaml`'s
+/// models.
+#[test]
+fn the_finetune_ensemble_members_are_the_flickr8k_model() {
+    let ensemble = load("pipelines/flickr8k-finetune-ensemble.yaml");
+    let single = load("pipelines/flickr8k.yaml");
+    assert_members_are(&ensemble, &single, &["train", "scst"], &[("2", 1), ("3", 2)]);
+    assert_eq!(caption_models(&ensemble), ["scst", "scst_2", "scst_3"]);
+}
+
+/// `pipelines/flickr8k-finetune-pair.yaml` averages two of `pipelines/flickr8k-finetune.yaml`'s
+/// two-phase models.
+#[test]
+fn the_finetune_pair_members_are_the_two_phase_model() {
+    let pair = load("pipelines/flickr8k-finetune-pair.yaml");
+    let single = load("pipelines/flickr8k-finetune.yaml");
+    assert_members_are(&pair, &single, &["train", "scst", "scst_low"], &[("2", 1)]);
+    assert_eq!(caption_models(&pair), ["scst_low", "scst_low_2"]);
 }

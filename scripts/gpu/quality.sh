@@ -2,8 +2,9 @@
 # Issue 12's quality runs on one GPU: scripts/gpu/flickr8k-quality.yaml (three seeds of the
 # attention model with two-phase scst, the transformer with scst, and their ensemble, also
 # captioned with consensus re-ranking, the attention model with the backbone's last
-# block fine-tuned, and nine seeds of pipelines/flickr8k.yaml's model with three ensembles
-# of three of them), all trained at once with `pipe run -j JOBS`, then a table of every
+# block fine-tuned, nine seeds of pipelines/flickr8k.yaml's model with three ensembles
+# of three of them, and six seeds of pipelines/flickr8k-finetune.yaml's two-phase model
+# with three ensembles of two of them), all trained at once with `pipe run -j JOBS`, then a table of every
 # score and its mean over seeds. Extra args go to `pipe run`: name score stages (e.g.
 # score_ft_ensemble_0 score_ft_ensemble_1 score_ft_ensemble_2) to run only those.
 # Run from the repo root:
@@ -54,7 +55,7 @@ for name in records:
 print("\nFlickr8k dev, beam 5, coco convention: BLEU-1 / BLEU-4 / CIDEr-D")
 for name, (b1, b4, c) in sorted(rows.items()):
     print(f"{name:22s} {b1:.4f} {b4:.4f} {c:.4f}")
-for model in ("attention", "transformer", "ensemble", "attention_consensus", "ensemble_consensus", "attention_head", "ft", "ft_ensemble"):
+for model in ("attention", "transformer", "ensemble", "attention_consensus", "ensemble_consensus", "attention_head", "attention_head_pair", "ft", "ft_ensemble"):
     got = [v for k, v in rows.items() if re.fullmatch(f"score_{model}_[0-9]+", k)]
     if len(got) > 1:
         b4 = [g[1] for g in got]; c = [g[2] for g in got]

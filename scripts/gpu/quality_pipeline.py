@@ -1,8 +1,10 @@
 """Writes scripts/gpu/flickr8k-quality.yaml: three seeds of pipelines/flickr8k-scst2.yaml's
 attention model, of pipelines/flickr8k-transformer.yaml's, of their ensemble, and of
 pipelines/flickr8k-finetune.yaml's attention model with the backbone's last block
-fine-tuned; and nine seeds of pipelines/flickr8k.yaml's model, with three ensembles of three
-of them (pipelines/flickr8k-finetune-ensemble.yaml), in one DAG. Pipeline files have no
+fine-tuned; nine seeds of pipelines/flickr8k.yaml's model, with three ensembles of three
+of them (pipelines/flickr8k-finetune-ensemble.yaml); and six seeds of
+pipelines/flickr8k-finetune.yaml's two-phase model, with three ensembles of two of them
+(pipelines/flickr8k-finetune-pair.yaml), in one DAG. Pipeline files have no
 includes or loops, so the stages are generated.
 Run: python3 scripts/gpu/quality_pipeline.py > scripts/gpu/flickr8k-quality.yaml
 """
@@ -17,9 +19,10 @@ w("""# Flickr8k issue-12 quality runs on one GPU, three seeds in one DAG so that
 # nine seeds of pipelines/flickr8k.yaml's model, which fine-tunes the backbone's last block
 # over the trunk's features (`*_ft_*`), with three disjoint ensembles of three of them
 # (pipelines/flickr8k-finetune-ensemble.yaml's caption stage; `*_ft_ensemble_*`); and, on
-# seeds 0-2 of those, pipelines/flickr8k-finetune.yaml's two scst phases (`*_head_*`), alone
-# and in one ensemble. To run only some, name their score stages, e.g.
-# score_ft_ensemble_0 score_ft_ensemble_1 score_ft_ensemble_2.
+# seeds 0-5 of those, pipelines/flickr8k-finetune.yaml's two scst phases (`*_head_*`), alone,
+# in three disjoint pairs (pipelines/flickr8k-finetune-pair.yaml; `*_head_pair_*`) and
+# seeds 0-2 in one ensemble. To run only some, name their score stages, e.g.
+# score_attention_head_pair_0 score_attention_head_pair_1 score_attention_head_pair_2.
 # Each training stage has the kind, params and inputs of its counterpart in those files, so
 # their fingerprints agree (tests/pipelines.rs checks it; the caption stages here keep no
 # attention maps, as no report draws them). On one H200 the 40 stages without re-ranking
@@ -130,10 +133,6 @@ for s in seeds:
     params: {{decoder: transformer, embed: 256, hidden: 256, layers: 3, heads: 8, dropout: 0.3, lr: 4.0e-4, epochs: "${{epochs}}", patience: 3, seed: {s}, device: "${{device}}"}}
 """)
     scst(f"scst_transformer_{s}", f"train_transformer_{s}", None, "transformer_scst_epochs", 2, s)
-    # flickr8k-finetune.yaml trains flickr8k.yaml's model (train_ft_{s}, below), then two scst phases.
-    scst(f"scst_attention_head_{s}", f"train_ft_{s}", "2.0e-4", "scst_epochs", 3, s, TRUNK_INPUTS)
-    scst(f"scst_low_attention_head_{s}", f"scst_attention_head_{s}", "5.0e-5", "scst_low_epochs", 2, s, TRUNK_INPUTS)
-    caption_score(f"attention_head_{s}", [("model", f"scst_low_attention_head_{s}")], inputs=TRUNK_INPUTS)
     caption_score(f"attention_{s}", [("model", f"scst_low_attention_{s}")])
     caption_score(f"transformer_{s}", [("model", f"scst_transformer_{s}")])
     caption_score(f"ensemble_{s}", [("model", f"scst_low_attention_{s}"), ("model_2", f"scst_transformer_{s}")])
@@ -157,8 +156,16 @@ for k in range(9):
 """)
     scst(f"scst_ft_{k}", f"train_ft_{k}", None, "ft_scst_epochs", 2, k, TRUNK_INPUTS)
     caption_score(f"ft_{k}", [("model", f"scst_ft_{k}")], inputs=TRUNK_INPUTS)
+    if k < 6:
+        # flickr8k-finetune.yaml: the same training, then two scst phases.
+        scst(f"scst_attention_head_{k}", f"train_ft_{k}", "2.0e-4", "scst_epochs", 3, k, TRUNK_INPUTS)
+        scst(f"scst_low_attention_head_{k}", f"scst_attention_head_{k}", "5.0e-5", "scst_low_epochs", 2, k, TRUNK_INPUTS)
+        caption_score(f"attention_head_{k}", [("model", f"scst_low_attention_head_{k}")], inputs=TRUNK_INPUTS)
 for s in seeds:
     caption_score(f"ft_ensemble_{s}", as_members([f"scst_ft_{3 * s + i}" for i in range(3)]), inputs=TRUNK_INPUTS)
+for s in seeds:
+    pair = [f"scst_low_attention_head_{2 * s + i}" for i in range(2)]
+    caption_score(f"attention_head_pair_{s}", as_members(pair), inputs=TRUNK_INPUTS)
 w("""
   # One figure, not a seed mean: flickr8k-finetune.yaml's three seeds in one ensemble.""")
 caption_score("attention_head_ensemble", as_members([f"scst_low_attention_head_{s}" for s in seeds]), inputs=TRUNK_INPUTS)
