@@ -11,8 +11,14 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing requirements.txt into .venv (torch is a large download)"
-  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+  echo "setup: installing requirements.txt into .venv (torch and its CUDA libraries: about 5 GB)"
+  # No pip cache: it would keep a second copy of the ~3 GB of wheels.
+  if ! .venv/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements.txt; then
+    echo "setup: pip could not install requirements.txt; free space where it writes:" >&2
+    df -h .venv "${TMPDIR:-/tmp}" >&2 || true
+    echo "setup: .venv needs about 6 GB, and pip unpacks wheels under \$TMPDIR (point it at a larger disk if that one is full)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 if [ ! -f data/models/efficientnet_lite0/model.pt ]; then

@@ -15,7 +15,19 @@ use common::{project, repo, which};
 const SIZE: &[&str] = &["-S", "synth.images=120", "-S", "synth.size=64"];
 
 fn pipe(root: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    pipe_on(None, root, env, args)
+}
+
+/// [`pipe`], pinned to `cpu` with taskset when one is given: torch then has one thread.
+fn pipe_on(cpu: Option<&str>, root: &Path, env: &[(&str, String)], args: &[&str]) -> Output {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpu, env!("CARGO_BIN_EXE_pipe")]);
+            taskset
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_pipe")),
+    };
     command.args(args).current_dir(root).env_remove("PIPE_REMOTE").env_remove("JOB_COMPLETION_INDEX");
     command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     command.output().unwrap()
@@ -146,6 +158,13 @@ fn serve_discovery() -> u16 {
     port
 }
 
+/// The first CPU this process may run on (Linux's `Cpus_allowed_list`), for taskset.
+fn first_allowed_cpu() -> Option<String> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let list = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    Some(list.trim().split([',', '-']).next()?.to_string())
+}
+
 /// Each Job's container args, from the exported YAML.
 fn job_args(yaml: &str) -> Vec<Vec<String>> {
     serde_yaml::Deserializer::from_str(yaml)
@@ -173,13 +192,17 @@ fn the_exported_commands_shard_through_a_remote_store_to_the_single_machine_byte
     let jobs = job_args(&ok(pipe(origin.path(), &[], &args)));
     assert_eq!(jobs.len(), 2);
 
-    // Three shard pods and a merge pod, each in its own copy of the project.
+    // Three shard pods and a merge pod, each in its own copy of the project. The first
+    // pod has one CPU, as a small pod would: its tail batch of 8 images must still give
+    // the bytes a batch of 32 on every core gives.
+    let one_cpu = which(&["taskset"]).and_then(|_| first_allowed_cpu());
     for index in 0..3 {
         let pod = project();
         let mut env = env.clone();
         env.push(("JOB_COMPLETION_INDEX", index.to_string()));
         let args: Vec<&str> = jobs[0].iter().map(String::as_str).collect();
-        let log = ok(pipe(pod.path(), &env, &args));
+        let cpu = if index == 0 { one_cpu.as_deref() } else { None };
+        let log = ok(pipe_on(cpu, pod.path(), &env, &args));
         assert!(log.contains(&format!("shard {index}/3: 40 of 120 distinct images: 40 computed")), "{log}");
         assert!(log.contains("  pulled  ingest"), "the pod fetched its inputs: {log}");
     }

@@ -15,6 +15,7 @@ use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor, TrainableCModule};
 
+use super::cpu_batch::forward_padded;
 use super::decoder::{CaptionDecoder, DecodeState, StepDecoder};
 use pipe::contract::files::{HEAD_CONFIG_FILE, HEAD_MODULE_FILE};
 use pipe_engine::fsutil::write_json_atomic;
@@ -97,7 +98,8 @@ impl BackboneHead {
             "features are {width} wide, but the model's backbone head reads {cells} cells × {dim} \
              (the grid of the trunk backbone it was exported with)"
         );
-        let out = self.module.forward_ts(&[rows.to_kind(Kind::Float).view([n, cells, dim])])?;
+        let cells_in = rows.to_kind(Kind::Float).view([n, cells, dim]);
+        let out = forward_padded(&cells_in, |x| Ok(self.module.forward_ts(&[x])?))?;
         let [out_cells, out_dim] = self.config.output;
         ensure!(
             out.size() == [n, out_cells, out_dim],
@@ -257,6 +259,26 @@ mod tests {
         let (b, _) = loaded.decoder.step(&tokens, &loaded.decoder.start(&theirs));
         assert!(a.allclose(&b, 1e-6, 1e-6, false));
         assert!(head_weights(&loaded.vs).equal(&head_weights(&vs)));
+    }
+
+    /// Decoding a shard's short tail batch, or `pipe caption`'s lone photo, on one CPU
+    /// gives the head's output of a whole run: batch size and thread count change no bit.
+    #[test]
+    fn the_head_gives_an_image_the_same_bits_in_any_batch_at_any_thread_count() {
+        let export = export_random(&["--output", "trunk", "--size", "32"]);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let head = BackboneHead::load(export.path(), &vs, false).unwrap();
+        let _guard = tch::no_grad_guard();
+        let rows = Tensor::randn([20, 192], (Kind::Float, Device::Cpu));
+        let first = |n: i64| Vec::<f32>::try_from(head.forward(&rows.narrow(0, 0, n)).unwrap().get(0)).unwrap();
+        let whole = first(20);
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            for n in [1, 2, 15, 20] {
+                assert!(first(n) == whole, "row 0 in a batch of {n} on {threads} thread(s) differs");
+            }
+        }
+        tch::set_num_threads(2);
     }
 
     /// A head.json that does not parse, or that gives a zero size, is refused with its path.

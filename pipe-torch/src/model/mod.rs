@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod backbone;
+pub mod cpu_batch;
 pub mod data;
 pub mod decode;
 pub mod decoder;

@@ -37,6 +37,8 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use tch::{CModule, Device, Kind, Tensor};
 
+use super::cpu_batch::forward_padded;
+
 pub use bench::{bench, BenchReport};
 pub use device::{precision_kind, ResolveDevice, ThreadPlan};
 pub use extract::{ExtractOptions, ExtractTimings, ExtractedAll, FeatureBatch, Skipped, WARMUP_BATCHES};
@@ -159,19 +161,8 @@ impl Backbone {
     fn forward_rows(&self, input: &Tensor) -> Result<Tensor> {
         let n = input.size()[0];
         let x = input.to_device(self.device).to_kind(precision_kind(self.precision));
-        // With more than one thread, oneDNN shares a lone image's convolutions among the
-        // threads differently from any batch's, and its features differ in the last bit
-        // from the same image's in a batch (seen on an AVX-512 EPYC, with or without the
-        // ISA pinned to AVX2). Run it as a pair, so that a shard's or `pipe caption`'s
-        // single image gets the bytes a whole run gives it.
-        let lone = n == 1 && self.device == Device::Cpu && tch::get_num_threads() > 1;
-        let x = if lone { Tensor::cat(&[&x, &x], 0) } else { x };
-        let y = self.module.forward_ts(&[x]).context("backbone forward pass")?;
-        if lone {
-            Ok(self.rows(y, 2)?.narrow(0, 0, 1))
-        } else {
-            self.rows(y, n)
-        }
+        let y = forward_padded(&x, |x| self.module.forward_ts(&[x]).context("backbone forward pass"))?;
+        self.rows(y, n)
     }
 }
 
@@ -416,18 +407,27 @@ pub(crate) mod tests {
         }
     }
 
-    /// What makes a shard of one image, or `pipe caption` of one photo, give the bytes a
-    /// whole run gives: an image's features do not depend on the size of its batch.
+    /// What makes a shard's tail batch, a one-CPU pod or `pipe caption` of one photo give
+    /// the bytes a whole run gives: an image's features depend neither on the size of its
+    /// batch nor on torch's thread count (one thread sends small batches' 1×1 convolutions
+    /// to another kernel unless they are padded).
     #[test]
-    fn an_image_gets_the_same_bits_alone_and_in_any_batch() {
+    fn an_image_gets_the_same_bits_alone_and_in_any_batch_at_any_thread_count() {
         let bb = lite0();
         // Channels-last strides, as `forward_pixels_into` hands batches over.
-        let x = Tensor::rand([5, 224, 224, 3], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]);
-        let whole = Vec::<f32>::try_from(bb.forward(&x).unwrap().get(0)).unwrap();
-        for n in [1, 2, 3] {
-            let part = Vec::<f32>::try_from(bb.forward(&x.narrow(0, 0, n)).unwrap().get(0)).unwrap();
-            assert!(part == whole, "image 0 in a batch of {n} differs from its features in a batch of 5");
+        let x = Tensor::rand([20, 224, 224, 3], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]);
+        let first_row = |n: i64| Vec::<f32>::try_from(bb.forward(&x.narrow(0, 0, n)).unwrap().get(0)).unwrap();
+        let whole = first_row(20);
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            for n in [1, 2, 3, 8, 15, 20] {
+                assert!(
+                    first_row(n) == whole,
+                    "image 0 in a batch of {n} on {threads} thread(s) differs from its features in a batch of 20"
+                );
+            }
         }
+        tch::set_num_threads(2);
     }
 
     #[test]
