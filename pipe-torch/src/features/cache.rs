@@ -11,8 +11,8 @@
 //! | image content hash (from the manifest) | not the name: renames and copies hit the cache |
 //!
 //! Deliberately not in the key: the device (CPU and CUDA fp32 agree to ~1e-3 relative), the
-//! batch size and thread counts (on a CPU an image gets the same bits in any batch:
-//! `Backbone::forward` runs a lone image as a pair), file names and paths.
+//! batch size and thread counts (on a CPU an image gets the same bits in any batch at any
+//! thread count: short batches are padded, see `model::cpu_batch`), file names and paths.
 //!
 //! Entries live in `<cache_dir>/<backbone hash>-<precision>[-grid]/shard-<id>.arrow` (Arrow IPC:
 //! `content_hash`, `features`). A shard is written under a temporary name and renamed, so a
