@@ -196,6 +196,9 @@ fn the_exported_commands_shard_through_a_remote_store_to_the_single_machine_byte
     // pod has one CPU, as a small pod would: its tail batch of 8 images must still give
     // the bytes a batch of 32 on every core gives.
     let one_cpu = which(&["taskset"]).and_then(|_| first_allowed_cpu());
+    if one_cpu.is_none() {
+        eprintln!("taskset (util-linux) or /proc/self/status missing: every pod runs on every core");
+    }
     for index in 0..3 {
         let pod = project();
         let mut env = env.clone();

@@ -36,3 +36,30 @@ pub fn forward_padded(x: &Tensor, forward: impl FnOnce(&Tensor) -> Result<Tensor
     let y = forward(&Tensor::cat(&parts, 0))?;
     Ok(y.narrow(0, 0, n))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use tch::Tensor;
+
+    /// Asserts that `forward`'s first output row for `x`'s first `n` rows, for each of
+    /// `sizes`, at one and at two torch threads, has the bits of the whole of `x` at two.
+    pub(crate) fn assert_first_row_is_the_same_in_any_batch_at_any_thread_count(
+        x: &Tensor,
+        sizes: &[i64],
+        forward: impl Fn(&Tensor) -> Tensor,
+    ) {
+        let first_row = |n: i64| Vec::<f32>::try_from(forward(&x.narrow(0, 0, n)).get(0)).unwrap();
+        tch::set_num_threads(2);
+        let whole = first_row(x.size()[0]);
+        for threads in [1, 2] {
+            tch::set_num_threads(threads);
+            for &n in sizes {
+                assert!(
+                    first_row(n) == whole,
+                    "row 0 in a batch of {n} on {threads} thread(s) differs from the whole batch's"
+                );
+            }
+        }
+        tch::set_num_threads(2);
+    }
+}

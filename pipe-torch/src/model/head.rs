@@ -173,6 +173,7 @@ mod tests {
     use super::*;
     use crate::model::artifact;
     use crate::model::backbone::tests::export_random;
+    use crate::model::cpu_batch::tests::assert_first_row_is_the_same_in_any_batch_at_any_thread_count;
     use crate::model::decoder::{attention, ModelConfig};
     use crate::model::train::{torch_rng_lock, train, CaptionSet, Silent, TrainOptions};
     use pipe::contract::files::{MODEL_CONFIG_FILE, WEIGHTS_FILE};
@@ -270,15 +271,9 @@ mod tests {
         let head = BackboneHead::load(export.path(), &vs, false).unwrap();
         let _guard = tch::no_grad_guard();
         let rows = Tensor::randn([20, 192], (Kind::Float, Device::Cpu));
-        let first = |n: i64| Vec::<f32>::try_from(head.forward(&rows.narrow(0, 0, n)).unwrap().get(0)).unwrap();
-        let whole = first(20);
-        for threads in [1, 2] {
-            tch::set_num_threads(threads);
-            for n in [1, 2, 15, 20] {
-                assert!(first(n) == whole, "row 0 in a batch of {n} on {threads} thread(s) differs");
-            }
-        }
-        tch::set_num_threads(2);
+        assert_first_row_is_the_same_in_any_batch_at_any_thread_count(&rows, &[1, 2, 15, 20], |x| {
+            head.forward(x).unwrap()
+        });
     }
 
     /// A head.json that does not parse, or that gives a zero size, is refused with its path.

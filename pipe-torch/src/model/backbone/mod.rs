@@ -210,6 +210,7 @@ pub(crate) mod tests {
     use super::preprocess::MAX_IMAGE_SIDE;
     use super::spec::{default_layout, default_resize};
     use super::*;
+    use crate::model::cpu_batch::tests::assert_first_row_is_the_same_in_any_batch_at_any_thread_count;
 
     /// The repository root (this crate is `pipe-torch/` inside it).
     fn repo_root() -> PathBuf {
@@ -416,18 +417,9 @@ pub(crate) mod tests {
         let bb = lite0();
         // Channels-last strides, as `forward_pixels_into` hands batches over.
         let x = Tensor::rand([20, 224, 224, 3], (Kind::Float, Device::Cpu)).permute([0, 3, 1, 2]);
-        let first_row = |n: i64| Vec::<f32>::try_from(bb.forward(&x.narrow(0, 0, n)).unwrap().get(0)).unwrap();
-        let whole = first_row(20);
-        for threads in [1, 2] {
-            tch::set_num_threads(threads);
-            for n in [1, 2, 3, 8, 15, 20] {
-                assert!(
-                    first_row(n) == whole,
-                    "image 0 in a batch of {n} on {threads} thread(s) differs from its features in a batch of 20"
-                );
-            }
-        }
-        tch::set_num_threads(2);
+        assert_first_row_is_the_same_in_any_batch_at_any_thread_count(&x, &[1, 2, 3, 8, 15, 20], |x| {
+            bb.forward(x).unwrap()
+        });
     }
 
     #[test]
